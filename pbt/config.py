@@ -1,0 +1,180 @@
+"""The experiment schema: typed pydantic models, YAML loading and `a.b=value` overrides.
+
+Unknown keys are rejected everywhere, so a misspelt key fails loudly instead of being ignored.
+Every validation failure becomes one `PbtError` line naming the dotted key and the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pbt.errors import PbtError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(StrictModel):
+    """What one trainer (a range test, a population member, a grid point) asks Ray for."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class LRRangeConfig(StrictModel):
+    """The LR range test: an exponential sweep from `lr_min` to `lr_max` over at most one epoch."""
+
+    lr_min: float = Field(1e-6, gt=0)
+    lr_max: float = Field(10.0, gt=0)
+    max_steps: int | None = Field(
+        None, ge=10, description="Steps of the sweep; default and upper bound: one epoch."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (or Adam beta1) during the test.")
+    weight_decays: list[float] = Field(
+        default_factory=lambda: [0.0],
+        min_length=1,
+        description="One test per weight decay; the largest that keeps a high LR is chosen.",
+    )
+    seeds: int = Field(3, ge=1, le=16, description="Repeats with different seeds; the median curve is analysed.")
+    smooth_window: int = Field(5, ge=1, description="Width (steps) of the median filter on the loss.")
+    diverge_factor: float = Field(
+        1.0,
+        gt=0,
+        description="Stop when the smoothed loss rises above its best by this many times the drop seen so far.",
+    )
+    low_divisor: float = Field(
+        50.0, gt=1, description="lr_low is the divergence point divided by this (1.7 decades below it)."
+    )
+    high_divisor: float = Field(
+        20.0, gt=1, description="lr_high is the divergence point divided by this (1.3 decades below it)."
+    )
+
+    @model_validator(mode="after")
+    def _check_order(self) -> LRRangeConfig:
+        if self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min must be below lr_max, but got lr_min={self.lr_min} and lr_max={self.lr_max}")
+        if self.low_divisor <= self.high_divisor:
+            raise ValueError(
+                f"low_divisor must be above high_divisor, but got low_divisor={self.low_divisor} "
+                f"and high_divisor={self.high_divisor}"
+            )
+        if any(wd < 0 for wd in self.weight_decays):
+            raise ValueError(f"weight decays must be >= 0, but got {self.weight_decays}")
+        return self
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: which trainer, its settings, and how to search its hyperparameters."""
+
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    trainable: str = Field("mnist1d", min_length=1, description="Registry name, module:Class or file.py:Class.")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to the trainer; validated by its schema.")
+    seed: int = 0
+    storage_path: str = Field("results", description="Experiments are written to storage_path/name.")
+    resources: Resources = Field(default_factory=Resources)
+    lr_range: LRRangeConfig = Field(default_factory=LRRangeConfig)
+
+    @field_validator("trainable")
+    @classmethod
+    def _absolute_trainer_file(cls, spec: str) -> str:
+        # Ray workers run in other folders: pin a relative path/to/file.py to where pbt was started.
+        target, sep, name = spec.rpartition(":")
+        if sep and target.endswith(".py"):
+            return f"{Path(target).expanduser().resolve()}:{name}"
+        return spec
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file, apply `a.b=value` overrides, and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise PbtError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise PbtError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise PbtError(f"config file {str(path)!r} must hold a mapping of keys, but holds a {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a plain dict into an `ExperimentConfig`, turning pydantic's report into one line."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise PbtError(describe_validation_error(err, ExperimentConfig)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `1e-3`, `[1, 2]`, `true`)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise PbtError(f"override must look like key.subkey=value, but got {override!r}")
+    parts = key.strip().split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise PbtError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = _parse_scalar(text)
+    except yaml.YAMLError:
+        raise PbtError(f"override {override!r}: the value is not valid YAML") from None
+
+
+def _parse_scalar(text: str) -> Any:
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-3" as a string; users mean a number.
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for the first problem: `dotted.key: what is wrong, but got value`."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "config"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
+        message = f"{key}: unknown key{suggestion}"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        message = f"{key}: {msg}" if " but got " in msg else f"{key}: {msg}, but got {first['input']!r}"
+    more = len(err.errors()) - 1
+    return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the (sub)model at `loc`, for a did-you-mean hint."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
