@@ -1,0 +1,141 @@
+"""The Trainer plug-in contract, and a default classification loop over tensors on the device.
+
+A user writes a `Trainer` without importing Ray. The same object runs in the LR range test, in a
+PBT population, in a grid point and in a replay; pbt owns everything else (hyperparameters,
+checkpoints, scheduling). Hyperparameters are written into `self.optimizer.param_groups` by pbt,
+so a trainer builds its optimizer once, with any initial values.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+REQUIRED_METHODS = ("batches", "train_step", "evaluate", "state_dict", "load_state_dict")
+
+
+class Trainer(abc.ABC):
+    """Builds model, data and optimizer from `config`; trains an epoch; evaluates; saves state.
+
+    Subclasses set `self.model` and `self.optimizer` in `__init__` and implement `batches`,
+    `train_step` and `evaluate`. `config_model`, if given, is a pydantic model that validates the
+    `trainer:` section of the experiment config (unknown keys rejected, defaults filled in).
+    """
+
+    config_model: ClassVar[type[BaseModel] | None] = None
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, config: dict[str, Any], device: torch.device) -> None:
+        self.config = config
+        self.device = device
+
+    @abc.abstractmethod
+    def batches(self) -> Iterator[Any]:
+        """One epoch of training batches, in a fresh random order each call."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """Forward, backward and optimizer step on one batch; returns the detached loss.
+
+        Return the loss tensor rather than `.item()`: a per-step host sync slows GPU training.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on held-out data: at least `val_loss` and `val_acc`; `test_acc` if there is a test split."""
+
+    def steps_per_epoch(self) -> int | None:
+        """Batches in one epoch, if known; the LR range test spreads its sweep over one epoch."""
+        return None
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over `batches()`; returns the mean training loss (NaN or inf if it diverged)."""
+        total = torch.zeros((), device=self.device)
+        steps = 0
+        for batch in self.batches():
+            total += self.train_step(batch)
+            steps += 1
+        return {"train_loss": (total / max(steps, 1)).item()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly: weights, optimizer state and RNG state."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+
+
+class TensorClassificationTrainer(Trainer):
+    """A classification loop for data small enough to live on the device as tensors.
+
+    Subclasses fill `x_train, y_train, x_val, y_val` (and optionally `x_test, y_test`), `model`,
+    `optimizer` and `batch_size`. Batches are index slices of a `randperm`, with no DataLoader:
+    for small data the loader's per-batch overhead costs more than the model.
+    """
+
+    batch_size: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    eval_batch_size: int = 4096
+
+    def steps_per_epoch(self) -> int:
+        return len(self.x_train) // self.batch_size
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x_train)
+        order = torch.randperm(n, device=self.device)
+        # Drop the ragged last batch so every step sees the same batch size (and the same noise).
+        for start in range(0, n - self.batch_size + 1, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x_train[idx], self.y_train[idx]
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        val_loss, val_acc = self._loss_and_accuracy(self.x_val, self.y_val)
+        metrics = {"val_loss": val_loss, "val_acc": val_acc}
+        if self.x_test is not None and self.y_test is not None:
+            metrics["test_acc"] = self._loss_and_accuracy(self.x_test, self.y_test)[1]
+        self.model.train(was_training)
+        return metrics
+
+    def _loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for start in range(0, len(x), self.eval_batch_size):
+            logits = self.model(x[start : start + self.eval_batch_size])
+            target = y[start : start + self.eval_batch_size]
+            loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+            correct += (logits.argmax(dim=1) == target).sum()
+        return (loss_sum / len(x)).item(), (correct.float() / len(x)).item()

@@ -1,0 +1,1 @@
+"""Built-in trainers, registered under the `pbt.trainables` entry-point group."""
