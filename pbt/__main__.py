@@ -1,0 +1,5 @@
+import sys
+
+from pbt.cli import main
+
+sys.exit(main())
