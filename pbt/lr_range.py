@@ -60,7 +60,7 @@ class CurveReading:
 
     steepest_lr: float  # the loss falls fastest against log10(lr)
     min_loss_lr: float  # the smoothed loss is lowest
-    divergence_lr: float  # the smoothed loss is back at its starting level after the minimum
+    divergence_lr: float  # the smoothed loss is back at its starting level (median of the first 10%)
     diverged: bool  # False: the sweep ended at lr_max before the loss climbed back
     smoothed: np.ndarray
 
@@ -258,12 +258,15 @@ def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, 
     lowest = int(np.argmin(smoothed))
     slopes = np.gradient(smoothed, np.log10(lrs))
     steepest = int(np.argmin(slopes[: lowest + 1]))
-    if lowest == 0 or slopes[steepest] >= 0:
+    start = float(np.median(losses[: max(smooth_window, len(losses) // 10)]))
+    # A dip no deeper than the batch-to-batch noise is not a fall: refuse rather than guess.
+    noise = float(np.median(np.abs(np.diff(losses))))
+    if lowest == 0 or slopes[steepest] >= 0 or start - smoothed[lowest] <= 3 * noise:
         raise PbtError(
-            "lr_range: the training loss never fell during the range test; "
-            "check the model, or widen lr_range.lr_min and lr_range.lr_max"
+            f"lr_range: the training loss never fell clearly (from {start:.4g} to at best {smoothed[lowest]:.4g}, "
+            f"batch noise {noise:.2g}); check the model, or widen lr_range.lr_min and lr_range.lr_max"
         )
-    risen = np.flatnonzero(smoothed[lowest:] >= smoothed[0])
+    risen = np.flatnonzero(smoothed[lowest:] >= start)
     diverged = risen.size > 0
     divergence = lowest + int(risen[0]) if diverged else len(lrs) - 1
     return CurveReading(float(lrs[steepest]), float(lrs[lowest]), float(lrs[divergence]), diverged, smoothed)
@@ -368,8 +371,6 @@ def find_lr_range(
     found = [outcome for outcome in results.values() if isinstance(outcome, RangeResult)]
     if not found:
         raise PbtError(next(iter(failures.values())))
-    for wd, reason in failures.items():
-        log.warning("range test at weight decay %s failed: %s", wd, reason)
     return RangeSweep(found, choose_weight_decay(found), failures)
 
 

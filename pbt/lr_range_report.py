@@ -44,9 +44,9 @@ def range_figure(sweep: RangeSweep, title: str) -> Figure:
         label = f"weight decay {result.weight_decay:g}" + (" (chosen)" if is_chosen and len(sweep.results) > 1 else "")
         (line,) = axes.plot(result.lrs, result.smoothed, lw=2 if is_chosen else 1.2, label=f"{label}: smoothed loss")
         axes.plot(result.lrs, result.losses, color=line.get_color(), lw=0.6, alpha=0.35)
-    axes.axvspan(chosen.lr_low, chosen.lr_high, color="tab:green", alpha=0.2,
+    axes.axvspan(chosen.lr_low, chosen.lr_high, color="gold", alpha=0.35,
                  label=f"range for training [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]")
-    axes.axvline(chosen.suggestion, color="tab:green", lw=1.5, ls="--", label=f"suggested lr {chosen.suggestion:.3g}")
+    axes.axvline(chosen.suggestion, color="darkgoldenrod", lw=1.5, ls="--", label=f"suggested lr {chosen.suggestion:.3g}")
     for lr, style, name in (
         (chosen.steepest_lr, ":", "falls fastest"),
         (chosen.min_loss_lr, "-.", "lowest loss"),
@@ -61,6 +61,14 @@ def range_figure(sweep: RangeSweep, title: str) -> Figure:
     axes.set_title(title)
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
+    figure.text(
+        0.01, -0.02,
+        f"The range for training is the divergence point / {chosen.divergence_lr / chosen.lr_low:.0f} to "
+        f"/ {chosen.divergence_lr / chosen.lr_high:.0f}: a sweep of one epoch sees every feature at a higher learning "
+        "rate\nthan a full run at a constant rate would, so the range sits well below the dip (see README, "
+        "'How the range is read').",
+        fontsize=8, va="top", color="0.3",
+    )
     return figure
 
 

@@ -87,6 +87,9 @@ def test_a_flat_curve_is_reported_not_guessed():
     lrs = np.geomspace(1e-6, 1, 50)
     with pytest.raises(PbtError, match="never fell"):
         read_curve(lrs, np.linspace(1.0, 2.0, 50))
+    noise = 2.3 + 0.01 * np.random.default_rng(0).standard_normal(50)  # dips, but only by noise
+    with pytest.raises(PbtError, match="never fell clearly"):
+        read_curve(lrs, noise)
 
 
 def test_nan_loss_stops_the_sweep_cleanly():
