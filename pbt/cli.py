@@ -7,13 +7,14 @@ with no traceback and nothing written.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pbt.config import load_config
+from pbt.config import ExperimentConfig, load_config
 from pbt.errors import PbtError
 from pbt.lr_range import RangeSweep
 
@@ -47,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(lr_find)
     lr_find.set_defaults(handler=run_lr_find)
+    population = commands.add_parser(
+        "pbt",
+        help="run population-based training on Ray Tune (after the range test, unless search.lr is given)",
+        description="Seed a population inside the LR range test's range and train it with Ray Tune's "
+        "PopulationBasedTraining; writes lineage.json and prints the best member's schedule.",
+    )
+    _add_config_arguments(population)
+    population.set_defaults(handler=run_pbt)
+    replay = commands.add_parser(
+        "replay",
+        help="retrain the best PBT member's schedule from scratch as one run",
+        description="Read DIR/lineage.json and train one fresh model through the best member's schedule.",
+    )
+    replay.add_argument("folder", metavar="DIR", help="an experiment folder written by `pbt pbt`")
+    replay.set_defaults(handler=run_replay)
     return parser
 
 
@@ -56,13 +72,26 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override config values, e.g. trainer.optimizer=adam lr_range.seeds=5")
 
 
-def run_lr_find(args: argparse.Namespace) -> int:
-    from pbt.lr_range import find_lr_range
-    from pbt.lr_range_report import save_range_sweep
+def load_checked(args: argparse.Namespace) -> ExperimentConfig:
+    """The config, with the trainer's own section validated too: fail before anything starts."""
     from pbt.registry import resolve_trainer, trainer_settings
 
     config = load_config(args.config, args.overrides)
-    trainer_settings(resolve_trainer(config.trainable), config.trainer)  # fail on a bad trainer section now
+    trainer_settings(resolve_trainer(config.trainable), config.trainer)
+    return config
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    config = load_checked(args)
+    range_test(config)
+    return 0
+
+
+def range_test(config: ExperimentConfig) -> RangeSweep:
+    """Run, print and save the LR range test of `config`."""
+    from pbt.lr_range import find_lr_range
+    from pbt.lr_range_report import save_range_sweep
+
     settings = config.lr_range
     print(f"LR range test: {config.name} ({config.trainable}), lr {settings.lr_min:g} -> {settings.lr_max:g}, "
           f"{settings.seeds} seed(s) x {len(settings.weight_decays)} weight decay(s), at most one epoch each")
@@ -74,6 +103,64 @@ def run_lr_find(args: argparse.Namespace) -> int:
     print_range_sweep(sweep, time.perf_counter() - started)
     print(f"\nWrote {_shown(paths['json'])}\n      {_shown(paths['plot'])}")
     print(f"      {_shown(paths['tensorboard'])}   (view: tensorboard --logdir {_shown(paths['tensorboard'])})")
+    return sweep
+
+
+def run_pbt(args: argparse.Namespace) -> int:
+    from pbt.launch import ensure_ray, run_population
+    from pbt.lineage import POLICY_LOG, build_lineage, format_schedule
+    from pbt.progress import PopulationProgress
+    from pbt.space import search_space
+
+    config = load_checked(args)
+    folder = config.experiment_dir
+    sweep = range_test(config) if config.search.lr is None else None
+    space = search_space(config, sweep)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config.model_dump_json(indent=1))
+    population = config.population
+    print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore every "
+          f"{population.perturbation_interval} epochs (bottom {population.quantile_fraction:.0%} copy the top)")
+    for name, bound in space.bounds.items():
+        print(f"  {name:<13} [{bound.low:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}")
+    ensure_ray()
+    progress = PopulationProgress("pbt", population.size * population.epochs)
+    grid = run_population(config, space, folder, callbacks=[progress])
+    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
+    lineage["space"] = space.to_dict()
+    (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    best = lineage["best"]
+    print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}   "
+          f"test accuracy {best['final_test_acc']:.4f} (reported only; chosen by validation)")
+    print(f"{len(lineage['exploits'])} exploits in all; the best member's schedule:\n")
+    print(format_schedule(best["schedule"]))
+    if grid.errors:
+        print(f"\n{len(grid.errors)} member(s) failed: {grid.errors[0]}")
+    print(f"\nWrote {_shown(folder / 'lineage.json')}   (replay it: pbt replay {_shown(folder)})")
+    print(f"      {_shown(folder / 'pbt')}   (Ray Tune's trial folders)")
+    return 0 if not grid.errors else 1
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from pbt.lineage import replay
+
+    folder = Path(args.folder)
+    for name in ("config.json", "lineage.json"):
+        if not (folder / name).is_file():
+            raise PbtError(f"{str(folder / name)!r} does not exist; give a folder written by `pbt pbt`")
+    config = ExperimentConfig.model_validate_json((folder / "config.json").read_text())
+    best = json.loads((folder / "lineage.json").read_text())["best"]
+    schedule = best["schedule"]
+    print(f"Replaying member {best['member']}'s schedule: {len(schedule)} epochs from scratch, one run")
+    records = replay(config, schedule, on_epoch=lambda i, n, m: print(
+        f"  epoch {i:>3}/{n}  lr {m['lr']:.3g}  val acc {m['val_acc']:.4f}") if i % 5 == 0 or i == n else None)
+    final = records[-1]
+    print(f"\n{'':<10}{'val acc':>9}{'test acc':>10}")
+    print(f"{'PBT':<10}{best['final_val_acc']:>9.4f}{best['final_test_acc']:>10.4f}")
+    print(f"{'replay':<10}{final['val_acc']:>9.4f}{final['test_acc']:>10.4f}")
+    print(f"{'diff':<10}{final['val_acc'] - best['final_val_acc']:>+9.4f}{final['test_acc'] - best['final_test_acc']:>+10.4f}")
+    (folder / "replay.json").write_text(json.dumps({"member": best["member"], "epochs": records}, indent=1))
+    print(f"\nWrote {_shown(folder / 'replay.json')}")
     return 0
 
 

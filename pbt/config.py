@@ -71,6 +71,72 @@ class LRRangeConfig(StrictModel):
         return self
 
 
+class Bounds(StrictModel):
+    """A closed interval for one hyperparameter: where the population starts and the walls of exploration."""
+
+    low: float = Field(ge=0)
+    high: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Bounds:
+        if self.low > self.high:
+            raise ValueError(f"low must not exceed high, but got low={self.low} and high={self.high}")
+        return self
+
+
+class SearchConfig(StrictModel):
+    """The hyperparameter space. `lr` left out: the LR range test provides it."""
+
+    lr: Bounds | None = Field(None, description="Skip the range test by giving the range here.")
+    momentum: Bounds = Field(default_factory=lambda: Bounds(low=0.85, high=0.95))
+    weight_decay: Bounds | None = Field(
+        None, description="Log range; default: around the weight-decay test's choice, else [1e-5, 1e-3]."
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, bounds: Bounds | None) -> Bounds | None:
+        if bounds is not None and bounds.low <= 0:
+            raise ValueError(f"learning rates must be positive, but got low={bounds.low}")
+        return bounds
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_below_one(cls, bounds: Bounds) -> Bounds:
+        if bounds.high >= 1:
+            raise ValueError(f"momentum must stay below 1, but got high={bounds.high}")
+        return bounds
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _positive_weight_decay(cls, bounds: Bounds | None) -> Bounds | None:
+        if bounds is not None and bounds.low <= 0:
+            raise ValueError(f"the weight decay range is log-scaled, so low must be > 0, but got low={bounds.low}")
+        return bounds
+
+
+class PopulationConfig(StrictModel):
+    """PBT on Ray Tune: population size, budget, and how often and how far members explore."""
+
+    size: int = Field(16, ge=2, description="Members of the population.")
+    epochs: int = Field(30, ge=1, description="Epochs each member trains (its lineage's epochs).")
+    perturbation_interval: int = Field(4, ge=1, description="Epochs between exploit/explore steps.")
+    quantile_fraction: float = Field(0.2, gt=0, le=0.5, description="Bottom share copies the top share.")
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    perturbation_factors: tuple[float, float] = (0.8, 1.2)
+    synch: bool = Field(False, description="Exploit only when every member reached the interval.")
+    checkpoints_to_keep: int = Field(
+        8, ge=2, description="Per member; a donor's checkpoint must outlive the moment its clone loads it."
+    )
+
+    @field_validator("perturbation_factors")
+    @classmethod
+    def _positive_factors(cls, factors: tuple[float, float]) -> tuple[float, float]:
+        if min(factors) <= 0:
+            raise ValueError(f"perturbation factors must be positive, but got {list(factors)}")
+        return factors
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: which trainer, its settings, and how to search its hyperparameters."""
 
@@ -81,6 +147,17 @@ class ExperimentConfig(StrictModel):
     storage_path: str = Field("results", description="Experiments are written to storage_path/name.")
     resources: Resources = Field(default_factory=Resources)
     lr_range: LRRangeConfig = Field(default_factory=LRRangeConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+
+    @model_validator(mode="after")
+    def _interval_within_run(self) -> ExperimentConfig:
+        if self.population.perturbation_interval > self.population.epochs:
+            raise ValueError(
+                f"population.perturbation_interval must not exceed population.epochs, but got "
+                f"perturbation_interval={self.population.perturbation_interval} and epochs={self.population.epochs}"
+            )
+        return self
 
     @field_validator("trainable")
     @classmethod
@@ -164,7 +241,8 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], pref
         message = f"{key}: unknown key{suggestion}"
     else:
         msg = first["msg"].removeprefix("Value error, ")
-        message = f"{key}: {msg}" if " but got " in msg else f"{key}: {msg}, but got {first['input']!r}"
+        message = msg if not loc and not prefix else f"{key}: {msg}"  # a whole-config check names its keys
+        message += "" if " but got " in msg else f", but got {first['input']!r}"
     more = len(err.errors()) - 1
     return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 

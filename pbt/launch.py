@@ -1,10 +1,19 @@
-"""Starting or joining Ray."""
+"""Starting Ray and building the Tuner that runs a population."""
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import ray
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from pbt.config import ExperimentConfig
+from pbt.ray_adapter import METRIC, PBTMember
+from pbt.scheduler import ClippedPBT
+from pbt.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +34,50 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         logging_level=logging.WARNING,
         configure_logging=False,
     )
+
+
+def quiet_tune() -> None:
+    """Leave the console to pbt's own progress lines."""
+    # Tune's console tables and its hint to open TensorBoard on Ray's session folder would
+    # point users away from the experiment folder; the legacy engine at verbose=0 is silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A resumed trial makes Tune's JSON/CSV loggers look for a remote copy of result.json that a
+    # local run never has, and warn each time.
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
+
+
+def run_population(
+    config: ExperimentConfig, space: SearchSpace, folder: Path, callbacks: list[tune.Callback] | None = None
+) -> tune.ResultGrid:
+    """PBT over `space` with Ray Tune; trial folders go to `folder/pbt`."""
+    quiet_tune()
+    population = config.population
+    trainable = tune.with_resources(
+        tune.with_parameters(PBTMember, experiment=config),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
+    )
+    param_space = {
+        "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
+        **{name: bound.domain() for name, bound in space.bounds.items()},
+    }
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            scheduler=ClippedPBT(space, population, metric=METRIC, seed=config.seed),
+            search_alg=BasicVariantGenerator(random_state=config.seed),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="pbt",
+            storage_path=str(folder.resolve()),
+            stop={"training_iteration": population.epochs},
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=population.checkpoints_to_keep, checkpoint_at_end=True
+            ),
+            failure_config=tune.FailureConfig(max_failures=3),
+            callbacks=callbacks or [],
+            verbose=0,
+        ),
+    )
+    return tuner.fit()

@@ -54,6 +54,12 @@ class QuadraticTrainer(Trainer):
             return torch.tensor(math.nan)
         return loss.detach() + self.offset
 
+    def train_epoch(self) -> dict[str, float]:
+        # Also say which hyperparameters the optimizer really trained with (replay tests read it).
+        metrics = super().train_epoch()
+        group = self.optimizer.param_groups[0]
+        return {**metrics, "lr_used": group["lr"], "momentum_used": group["momentum"]}
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         error = self.model(self.x).squeeze(1) - self.y

@@ -1,0 +1,124 @@
+"""What PBT did: who copied whom (Ray's policy log), each member's result, and the best schedule.
+
+Ray writes every exploit to `pbt_global.txt` as `[member tag, donor tag, member iteration, donor
+iteration, donor config, new config]`. The per-epoch schedule of the best member comes from the
+history that travels inside member checkpoints (see `pbt.ray_adapter`), so it stays whole across
+any number of exploits. `replay` retrains that schedule from scratch as one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pbt.config import ExperimentConfig
+from pbt.optim import HYPERPARAMS, set_hyperparams
+from pbt.ray_adapter import METRIC, load_member_state
+from pbt.registry import build_trainer
+
+log = logging.getLogger(__name__)
+
+POLICY_LOG = "pbt_global.txt"
+
+
+def read_exploits(policy_log: Path) -> list[dict[str, Any]]:
+    """Every exploit, in the order it happened: member, donor, epoch, and each hyperparameter's change."""
+    if not policy_log.is_file():
+        return []
+    exploits = []
+    for line in policy_log.read_text().splitlines():
+        if not line.strip():
+            continue
+        _, _, member_iteration, donor_iteration, donor_config, new_config = json.loads(line)
+        exploits.append({
+            "member": new_config["member"],
+            "donor": donor_config["member"],
+            "epoch": donor_iteration,  # the clone continues from the donor's weights after this epoch
+            "member_epoch": member_iteration,
+            "changes": {name: [donor_config[name], new_config[name]] for name in HYPERPARAMS},
+        })
+    return exploits
+
+
+def build_lineage(results: list[Any], policy_log: Path) -> dict[str, Any]:
+    """`lineage.json`: per member its exploits and final metrics; the best member's full schedule.
+
+    `results` are Ray Tune results (`.config`, `.metrics`, `.checkpoint`). The best member is
+    chosen by its final validation accuracy; its test accuracy is only reported.
+    """
+    exploits = read_exploits(policy_log)
+    members = []
+    for result in sorted(results, key=lambda r: r.config["member"]):
+        member = result.config["member"]
+        metrics = result.metrics or {}
+        members.append({
+            "member": member,
+            "final_val_acc": metrics.get(METRIC),
+            "final_test_acc": metrics.get("test_acc"),
+            "final_hyperparams": {name: result.config[name] for name in HYPERPARAMS},
+            "exploits": [e for e in exploits if e["member"] == member],
+            "checkpoint": str(Path(result.checkpoint.path)) if result.checkpoint else None,
+        })
+    ranked = [m for m in members if m["final_val_acc"] is not None and math.isfinite(m["final_val_acc"])]
+    if not ranked:
+        raise RuntimeError("no member of the population reported a validation accuracy")
+    best = max(ranked, key=lambda m: m["final_val_acc"])
+    schedule = load_member_state(best["checkpoint"])["history"] if best["checkpoint"] else []
+    return {
+        "metric": METRIC,
+        "best": {**best, "schedule": schedule},
+        "members": members,
+        "exploits": exploits,
+    }
+
+
+def schedule_rows(schedule: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The schedule with runs of unchanged hyperparameters merged: `epochs 1-4, member 3, lr ...`."""
+    rows: list[dict[str, Any]] = []
+    for entry in schedule:
+        same = rows and all(rows[-1][k] == entry[k] for k in ("member", *HYPERPARAMS))
+        if same:
+            rows[-1]["last_epoch"] = entry["epoch"]
+            rows[-1][METRIC] = entry[METRIC]
+        else:
+            rows.append({**entry, "first_epoch": entry["epoch"], "last_epoch": entry["epoch"]})
+    return rows
+
+
+def format_schedule(schedule: list[dict[str, Any]]) -> str:
+    lines = [f"{'epochs':>9}  {'trained by':>10}  {'lr':>9}  {'momentum':>8}  {'weight decay':>12}  {'val acc at end':>14}"]
+    for row in schedule_rows(schedule):
+        epochs = f"{row['first_epoch']}-{row['last_epoch']}" if row["last_epoch"] > row["first_epoch"] else str(row["first_epoch"])
+        lines.append(
+            f"{epochs:>9}  {'member ' + str(row['member']):>10}  {row['lr']:>9.4g}  {row['momentum']:>8.3f}  "
+            f"{row['weight_decay']:>12.3g}  {row[METRIC]:>14.4f}"
+        )
+    return "\n".join(lines)
+
+
+def replay(
+    config: ExperimentConfig,
+    schedule: list[dict[str, Any]],
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train one fresh model through `schedule`, epoch by epoch; returns every epoch's metrics.
+
+    The run starts from the seed of the member the schedule began with. It cannot reproduce the
+    population's run exactly (PBT moved weights between members with other batch orders), so the
+    comparison says how much of PBT's result the schedule alone explains.
+    """
+    trainer = build_trainer(config, seed=config.seed + schedule[0]["member"])
+    records = []
+    for index, entry in enumerate(schedule):
+        set_hyperparams(trainer.optimizer, **{name: entry[name] for name in HYPERPARAMS})
+        metrics = trainer.train_epoch()
+        metrics.update(trainer.evaluate() if math.isfinite(metrics["train_loss"]) else {METRIC: 0.0, "test_acc": 0.0})
+        metrics.update({name: entry[name] for name in HYPERPARAMS}, epoch=entry["epoch"])
+        records.append(metrics)
+        if on_epoch:
+            on_epoch(index + 1, len(schedule), metrics)
+    return records

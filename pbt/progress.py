@@ -1,0 +1,51 @@
+"""A live, compact view of a running population: epochs done of the budget and the best so far."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray import tune
+
+from pbt.ray_adapter import METRIC
+
+
+class PopulationProgress(tune.Callback):
+    """Prints one line when the best member improves or every `every_seconds`, never more often."""
+
+    def __init__(self, label: str, budget_epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None) -> None:
+        self.label, self.budget, self.every = label, budget_epochs, every_seconds
+        self.stream = stream or sys.stdout
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.reports = 0
+        self.diverged = 0
+        self.best: dict[str, Any] | None = None
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.reports += 1
+        self.diverged += bool(result.get("diverged"))
+        improved = self.best is None or result[METRIC] > self.best[METRIC]
+        if improved:
+            self.best = {**result, "member": trial.config.get("member")}
+        now = time.monotonic()
+        if (improved and now - self.last_print > 1.0) or now - self.last_print > self.every:
+            self.print_line(now)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.print_line(time.monotonic())
+
+    def print_line(self, now: float) -> None:
+        self.last_print = now
+        best = self.best
+        if best is None:
+            return
+        share = min(self.reports / self.budget, 1.0)
+        diverged = f" | {self.diverged} diverged epochs" if self.diverged else ""
+        self.stream.write(
+            f"  [{self.label} {now - self.started:5.0f} s] epochs {self.reports}/{self.budget} ({share:4.0%}) | "
+            f"best val acc {best[METRIC]:.4f} (member {best['member']}, epoch {best['training_iteration']}: "
+            f"lr {best['lr']:.3g}, momentum {best['momentum']:.3g}, wd {best['weight_decay']:.2g}){diverged}\n"
+        )
+        self.stream.flush()

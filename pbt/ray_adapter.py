@@ -1,0 +1,105 @@
+"""The `ray.tune.Trainable` that wraps any `Trainer`: one class for every population member.
+
+Exploit copies weights, optimizer state and RNG state through checkpoints (plain state dicts,
+read with `weights_only=True`). Actors are reused: `reset_config` writes the new hyperparameters
+into the optimizer in place, so pausing, resuming and exploiting never start a process. Each
+checkpoint also carries the member's *history*, the hyperparameters of every epoch its lineage
+trained, so the best member's full schedule survives any number of exploits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from pbt.config import ExperimentConfig
+from pbt.optim import HYPERPARAMS, set_hyperparams
+from pbt.registry import build_trainer, pick_device
+from pbt.trainer import Trainer
+
+STATE_FILE = "member.pt"
+METRIC = "val_acc"  # selection uses the validation split; test accuracy is only reported
+WORST_SCORE = 0.0  # what a diverged member reports, so that it is the first to be replaced
+
+
+class PBTMember(tune.Trainable):
+    """A population member (or grid point): trains one epoch per `step`, reports, checkpoints."""
+
+    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None) -> None:
+        self.experiment = experiment
+        self.device = pick_device(bool(ray.get_gpu_ids()) if ray.is_initialized() else False)
+        self.trainer = self._new_trainer(config)
+        self.history: list[dict[str, Any]] = []
+        self.diverged = False
+        self.fresh = False  # set when an actor is reused for a new trial; see reset_config
+
+    def _new_trainer(self, config: dict[str, Any]) -> Trainer:
+        trainer = build_trainer(self.experiment, device=self.device, seed=self.experiment.seed + config.get("member", 0))
+        set_hyperparams(trainer.optimizer, **{k: config[k] for k in HYPERPARAMS})
+        return trainer
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # Called for an exploit (a restore follows) and when a reused actor starts another
+        # trial (no restore follows): defer the rebuild until we know which.
+        set_hyperparams(self.trainer.optimizer, **{k: new_config[k] for k in HYPERPARAMS})
+        self.fresh = True
+        self.diverged = False
+        return True
+
+    def step(self) -> dict[str, Any]:
+        if self.fresh:  # a new trial on a reused actor: start from its own seed, not the last trial's weights
+            self.trainer = self._new_trainer(self.config)
+            self.history = []
+            self.fresh = False
+        started = time.perf_counter()
+        # A diverged member stops spending compute: it reports the worst score until replaced.
+        executed = not self.diverged
+        if executed:
+            metrics = self.trainer.train_epoch()
+            self.diverged = not math.isfinite(metrics["train_loss"])
+        if self.diverged:
+            metrics = {"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE, "test_acc": WORST_SCORE}
+        else:
+            metrics.update(self.trainer.evaluate())
+        seconds = time.perf_counter() - started
+        hyperparams = {k: self.config[k] for k in HYPERPARAMS}
+        epoch = self.iteration + 1
+        self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams, METRIC: metrics[METRIC]})
+        return {
+            **metrics,
+            **hyperparams,
+            "diverged": self.diverged,
+            # Budget is counted from these, never from training_iteration, which a clone inherits.
+            "epochs_executed": int(executed),
+            "compute_seconds": seconds,
+        }
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = {
+            "trainer": self.trainer.state_dict(),
+            "history": self.history,
+            "owner": self.trial_id,
+            "diverged": self.diverged,
+        }
+        torch.save(state, Path(checkpoint_dir) / STATE_FILE)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        if self.fresh:  # the trial was exploited or resumed: its own state arrives here
+            self.fresh = False
+        state = load_member_state(checkpoint_dir, self.device)
+        self.trainer.load_state_dict(state["trainer"])
+        # The donor's optimizer state came with its hyperparameters; ours (explored) win.
+        set_hyperparams(self.trainer.optimizer, **{k: self.config[k] for k in HYPERPARAMS})
+        self.history = [dict(entry) for entry in state["history"]]
+        self.diverged = bool(state["diverged"])
+
+
+def load_member_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A member checkpoint, read without running any pickled code."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=device, weights_only=True)

@@ -1,0 +1,74 @@
+"""Search space and clipped exploration: pure functions, no Ray."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pbt.config import validate_config
+from pbt.lr_range import RangeResult, RangeSweep
+from pbt.space import Bound, SearchSpace, explore, search_space
+
+SPACE = SearchSpace(
+    lr=Bound(0.01, 0.05, log=True), momentum=Bound(0.85, 0.95, log=False), weight_decay=Bound(1e-5, 1e-3, log=True)
+)
+
+
+def test_exploration_never_leaves_the_bounds_over_thousands_of_draws():
+    rng = random.Random(0)
+    values = {"member": 7, "lr": 0.05, "momentum": 0.95, "weight_decay": 1e-5}  # start on the walls
+    seen = {name: set() for name in SPACE.bounds}
+    for _ in range(5000):
+        values, changes = explore(values, SPACE, rng, resample_probability=0.25, factors=(0.8, 1.2))
+        for name, bound in SPACE.bounds.items():
+            assert bound.low <= values[name] <= bound.high
+            seen[name].add(changes[name].rsplit("(", 1)[1].split(",")[0].rstrip(")"))
+        assert values["member"] == 7
+    assert all(kinds == {"x0.8", "x1.2", "resampled"} for kinds in seen.values())
+
+
+def test_explore_reports_each_change_with_old_and_new_values():
+    rng = random.Random(3)
+    new, changes = explore({"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4}, SPACE, rng, resample_probability=0.0)
+    for name in SPACE.bounds:
+        old = {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4}[name]
+        factor = new[name] / old
+        if "clipped" not in changes[name]:
+            assert factor == pytest.approx(0.8) or factor == pytest.approx(1.2)
+            assert changes[name] == f"{name} {old:.4g} -> {new[name]:.4g} (x{round(factor, 1):g})"
+
+
+def test_a_clipped_change_says_so():
+    rng = random.Random(0)
+    _, changes = explore({"lr": 0.05, "momentum": 0.95, "weight_decay": 1e-3}, SPACE, rng, 0.0, factors=(2.0,))
+    assert changes["lr"] == "lr 0.05 -> 0.05 (x2, clipped to high bound)"
+
+
+def test_log_bounds_sample_log_uniformly():
+    rng = random.Random(0)
+    bound = Bound(1e-5, 1e-1, log=True)
+    draws = [bound.sample(rng) for _ in range(4000)]
+    below_1e3 = sum(d < 1e-3 for d in draws) / len(draws)
+    assert below_1e3 == pytest.approx(0.5, abs=0.03)  # half the decades lie below 1e-3
+
+
+def _sweep(chosen_wd: float, decays: list[float]) -> RangeSweep:
+    results = [RangeResult(0.01, 0.03, 0.017, 0.2, 0.3, 0.6, "loss diverged", wd, [], [], []) for wd in decays]
+    return RangeSweep(results, chosen_wd)
+
+
+def test_space_comes_from_the_range_test_unless_the_config_gives_it():
+    config = validate_config({})
+    space = search_space(config, _sweep(0.0, [0.0]))
+    assert (space.lr.low, space.lr.high, space.lr.log) == (0.01, 0.03, True)
+    assert (space.momentum.low, space.momentum.high) == (0.85, 0.95)
+    assert (space.weight_decay.low, space.weight_decay.high) == (1e-5, 1e-3)
+    given = validate_config({"search": {"lr": {"low": 0.1, "high": 0.2}, "weight_decay": {"low": 1e-4, "high": 1e-4}}})
+    space = search_space(given, None)
+    assert (space.lr.low, space.lr.high, space.weight_decay.low) == (0.1, 0.2, 1e-4)
+
+
+def test_weight_decay_range_centres_on_the_weight_decay_test():
+    space = search_space(validate_config({}), _sweep(3e-4, [0.0, 3e-4, 3e-3]))
+    assert (space.weight_decay.low, space.weight_decay.high) == pytest.approx((1e-4, 9e-4))
