@@ -124,7 +124,7 @@ def run_pbt(args: argparse.Namespace) -> int:
     for name, bound in space.bounds.items():
         print(f"  {name:<13} [{bound.low:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}")
     ensure_ray()
-    progress = PopulationProgress("pbt", population.size * population.epochs)
+    progress = PopulationProgress("pbt", population.epochs)
     grid = run_population(config, space, folder, callbacks=[progress])
     lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
     lineage["space"] = space.to_dict()

@@ -12,20 +12,26 @@ from pbt.ray_adapter import METRIC
 
 
 class PopulationProgress(tune.Callback):
-    """Prints one line when the best member improves or every `every_seconds`, never more often."""
+    """Prints one line when the best member improves or every `every_seconds`, never more often.
 
-    def __init__(self, label: str, budget_epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None) -> None:
-        self.label, self.budget, self.every = label, budget_epochs, every_seconds
+    Progress is the epoch of the slowest member: PBT members that copy a donor may train some
+    epochs twice, so epochs trained can exceed members x epochs.
+    """
+
+    def __init__(self, label: str, epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None) -> None:
+        self.label, self.epochs, self.every = label, epochs, every_seconds
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.last_print = 0.0
-        self.reports = 0
+        self.executed = 0  # epochs trained, including those a clone trains again after an exploit
         self.diverged = 0
+        self.reached: dict[Any, int] = {}  # trial -> its latest epoch
         self.best: dict[str, Any] | None = None
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.reports += 1
+        self.executed += result.get("epochs_executed", 1)
         self.diverged += bool(result.get("diverged"))
+        self.reached[trial] = result["training_iteration"]
         improved = self.best is None or result[METRIC] > self.best[METRIC]
         if improved:
             self.best = {**result, "member": trial.config.get("member")}
@@ -41,10 +47,11 @@ class PopulationProgress(tune.Callback):
         best = self.best
         if best is None:
             return
-        share = min(self.reports / self.budget, 1.0)
-        diverged = f" | {self.diverged} diverged epochs" if self.diverged else ""
+        slowest = min(self.reached.values())
+        diverged = f" | {self.diverged} diverged reports" if self.diverged else ""
         self.stream.write(
-            f"  [{self.label} {now - self.started:5.0f} s] epochs {self.reports}/{self.budget} ({share:4.0%}) | "
+            f"  [{self.label} {now - self.started:4.0f} s] slowest member at epoch {slowest:>3}/{self.epochs}, "
+            f"{self.executed} epochs trained | "
             f"best val acc {best[METRIC]:.4f} (member {best['member']}, epoch {best['training_iteration']}: "
             f"lr {best['lr']:.3g}, momentum {best['momentum']:.3g}, wd {best['weight_decay']:.2g}){diverged}\n"
         )
