@@ -8,7 +8,9 @@ which reaches about 94% test accuracy in the paper.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import random
@@ -72,8 +74,9 @@ class MNIST1DTrainer(TensorClassificationTrainer):
         x, y = data["x"], data["y"]
         n_val = max(1, round(len(x) * settings.val_fraction))
         # The validation split is fixed (the data set is already shuffled by its own seed).
-        as_x = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-        as_y = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
+        # Copies: the cached arrays are shared by every trainer in this process.
+        as_x = lambda a: torch.tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
         self.x_train, self.y_train = as_x(x[n_val:]), as_y(y[n_val:])
         self.x_val, self.y_val = as_x(x[:n_val]), as_y(y[:n_val])
         self.x_test, self.y_test = as_x(data["x_test"]), as_y(data["y_test"])
@@ -83,30 +86,45 @@ class MNIST1DTrainer(TensorClassificationTrainer):
 
 
 def load_mnist1d(num_samples: int = 5000, seed: int = 42, cache_dir: str | None = None) -> dict[str, np.ndarray]:
-    """The MNIST-1D arrays `x, y, x_test, y_test`, generated once and then read from a cache."""
-    from mnist1d.data import get_dataset_args
+    """The MNIST-1D arrays `x, y, x_test, y_test`, generated once and then read from a cache.
+
+    Within a process the arrays are kept in memory too: a Ray actor that trains one population
+    member after another builds a trainer per member and should not read the file each time.
+    """
+    root = Path(cache_dir or os.environ.get("PBT_CACHE_DIR") or Path.home() / ".cache" / "pbt").expanduser()
+    return _load_cached(num_samples, seed, str(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(num_samples: int, seed: int, root_text: str) -> dict[str, np.ndarray]:
+    # The key names the generator's version rather than its arguments, so a cache hit needs no
+    # import of mnist1d (0.6 s, paid by every worker process).
+    key_fields = {"num_samples": num_samples, "seed": seed, "mnist1d": importlib.metadata.version("mnist1d")}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(root_text)
+    path = root / f"mnist1d-{key}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            data = {name: cached[name] for name in cached.files}
+    else:
+        data = _generate(num_samples, seed)
+        root.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: parallel members may generate at once; readers never see half a file.
+        with tempfile.NamedTemporaryFile(dir=root, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, **data)
+        os.replace(tmp.name, path)
+    for array in data.values():
+        array.setflags(write=False)  # shared by every trainer of this process
+    return data
+
+
+def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.utils import ObjectView
 
     args = get_dataset_args(as_dict=True)
     args.update(num_samples=num_samples, seed=seed)
     args.pop("url")  # we never download
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cache_dir or os.environ.get("PBT_CACHE_DIR") or Path.home() / ".cache" / "pbt").expanduser()
-    path = root / f"mnist1d-{key}.npz"
-    if path.is_file():
-        with np.load(path) as cached:
-            return {name: cached[name] for name in cached.files}
-    data = _generate(args)
-    root.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: parallel members may generate at once; readers never see half a file.
-    with tempfile.NamedTemporaryFile(dir=root, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **data)
-    os.replace(tmp.name, path)
-    return data
-
-
-def _generate(args: dict[str, Any]) -> dict[str, np.ndarray]:
-    from mnist1d.data import make_dataset
-    from mnist1d.utils import ObjectView
 
     # make_dataset reseeds the global `random` and numpy RNGs; keep the caller's streams intact.
     py_state, np_state = random.getstate(), np.random.get_state()
