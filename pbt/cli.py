@@ -17,6 +17,7 @@ from pathlib import Path
 from pbt.config import ExperimentConfig, load_config
 from pbt.errors import PbtError
 from pbt.lr_range import RangeSweep
+from pbt.space import SearchSpace
 
 EXIT_USAGE = 2
 
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _show_exploits()
     try:
         return args.handler(args)
     except PbtError as err:
@@ -33,6 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pbt: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_exploits() -> None:
+    """Print each exploit/explore step of the PBT scheduler as it happens: `lr 0.02 -> 0.024 (x1.2)`."""
+    scheduler_log = logging.getLogger("pbt.scheduler")
+    if not any(isinstance(h, _StdoutHandler) for h in scheduler_log.handlers):
+        scheduler_log.addHandler(_StdoutHandler())
+    scheduler_log.setLevel(logging.INFO)
+    scheduler_log.propagate = False
+
+
+class _StdoutHandler(logging.Handler):
+    """Writes to whatever `sys.stdout` is at the time, so the lines interleave with pbt's own output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"  [pbt] {record.getMessage()}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,14 +66,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(lr_find)
     lr_find.set_defaults(handler=run_lr_find)
+    main_job = commands.add_parser(
+        "run",
+        help="the main job: range test, PBT, grid and one-cycle baselines, then the comparison",
+        description="Run everything in one experiment folder: the LR range test, PBT, the grid search and "
+        "the one-cycle run for the same compute, then `pbt compare` on the folder.",
+    )
+    _add_config_arguments(main_job, overwrite=True)
+    main_job.set_defaults(handler=run_main_job)
     population = commands.add_parser(
         "pbt",
         help="run population-based training on Ray Tune (after the range test, unless search.lr is given)",
         description="Seed a population inside the LR range test's range and train it with Ray Tune's "
         "PopulationBasedTraining; writes lineage.json and prints the best member's schedule.",
     )
-    _add_config_arguments(population)
+    _add_config_arguments(population, overwrite=True)
     population.set_defaults(handler=run_pbt)
+    grid = commands.add_parser(
+        "grid",
+        help="run the grid-search baseline over the same space and budget as the population",
+        description="Train every point of a grid over lr x momentum x weight decay (values from the range test "
+        "unless listed under grid:), as many points as the population has members, each for the same epochs.",
+    )
+    _add_config_arguments(grid, overwrite=True)
+    grid.set_defaults(handler=run_grid)
+    compare = commands.add_parser(
+        "compare",
+        help="compare the arms of experiment folders: table, summary.json, plots, TensorBoard runs",
+        description="Read the arms (pbt, grid, one_cycle) of each DIR and report accuracy against compute, the "
+        "test accuracy of the run chosen by validation, compute to a target accuracy, and PBT's schedule.",
+    )
+    compare.add_argument("folders", nargs="+", metavar="DIR", help="experiment folders written by `pbt run`")
+    compare.add_argument("--target", type=float, default=None,
+                         help="validation accuracy to time (default: compare.target_val_acc, else the grid's best)")
+    compare.set_defaults(handler=run_compare)
     replay = commands.add_parser(
         "replay",
         help="retrain the best PBT member's schedule from scratch as one run",
@@ -66,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, overwrite: bool = False) -> None:
     parser.add_argument("config", help="experiment YAML file, e.g. configs/mnist1d.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override config values, e.g. trainer.optimizer=adam lr_range.seeds=5")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace earlier results of the same experiment (default: refuse)")
 
 
 def load_checked(args: argparse.Namespace) -> ExperimentConfig:
@@ -106,39 +153,148 @@ def range_test(config: ExperimentConfig) -> RangeSweep:
     return sweep
 
 
-def run_pbt(args: argparse.Namespace) -> int:
-    from pbt.launch import ensure_ray, run_population
-    from pbt.lineage import POLICY_LOG, build_lineage, format_schedule
-    from pbt.progress import PopulationProgress
-    from pbt.space import search_space
+def run_main_job(args: argparse.Namespace) -> int:
+    from pbt.experiment import check_fresh
 
     config = load_checked(args)
-    folder = config.experiment_dir
+    arms = ("pbt", "grid", "one_cycle") if config.one_cycle.enabled else ("pbt", "grid")
+    check_fresh(config.experiment_dir, arms, args.overwrite)
+    started = time.perf_counter()
+    space = prepare_space(config)
+    failed = pbt_stage(config, space) + grid_stage(config, space)
+    if config.one_cycle.enabled:
+        failed += one_cycle_stage(config, space)
+    compare_stage(config.experiment_dir)
+    print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "
+          f"View: tensorboard --logdir {_shown(config.experiment_dir / 'tensorboard')}")
+    return 0 if not failed else 1
+
+
+def run_pbt(args: argparse.Namespace) -> int:
+    from pbt.experiment import check_fresh
+
+    config = load_checked(args)
+    check_fresh(config.experiment_dir, ("pbt",), args.overwrite)
+    return 0 if not pbt_stage(config, prepare_space(config)) else 1
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from pbt.experiment import check_fresh
+
+    config = load_checked(args)
+    check_fresh(config.experiment_dir, ("grid",), args.overwrite)
+    return 0 if not grid_stage(config, prepare_space(config)) else 1
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    for folder in args.folders:
+        compare_stage(Path(folder), args.target)
+    return 0
+
+
+def prepare_space(config: ExperimentConfig) -> SearchSpace:
+    """The range test (unless `search.lr` is given), then the bounds every arm searches."""
+    from pbt.experiment import save_config
+    from pbt.space import search_space
+
     sweep = range_test(config) if config.search.lr is None else None
     space = search_space(config, sweep)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(config.model_dump_json(indent=1))
-    population = config.population
-    print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore every "
-          f"{population.perturbation_interval} epochs (bottom {population.quantile_fraction:.0%} copy the top)")
+    save_config(config)
+    print("\nSearch space (the population starts inside it and explores within it; the grid covers it):")
     for name, bound in space.bounds.items():
         print(f"  {name:<13} [{bound.low:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}")
-    ensure_ray()
-    progress = PopulationProgress("pbt", population.epochs)
-    grid = run_population(config, space, folder, callbacks=[progress])
-    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
-    lineage["space"] = space.to_dict()
-    (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    return space
+
+
+def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
+    """Run PBT, print the best member and its schedule; returns the number of failed members."""
+    from pbt.experiment import pbt_arm
+    from pbt.lineage import format_schedule
+    from pbt.progress import PopulationProgress
+
+    population = config.population
+    print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore every "
+          f"{population.perturbation_interval} epochs (the bottom {population.quantile_fraction:.0%} copy the top "
+          f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
+          f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
+    lineage, errors = pbt_arm(config, space, [PopulationProgress("pbt", population.size, population.epochs)])
     best = lineage["best"]
     print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}   "
           f"test accuracy {best['final_test_acc']:.4f} (reported only; chosen by validation)")
     print(f"{len(lineage['exploits'])} exploits in all; the best member's schedule:\n")
     print(format_schedule(best["schedule"]))
-    if grid.errors:
-        print(f"\n{len(grid.errors)} member(s) failed: {grid.errors[0]}")
+    _print_errors("member", errors)
+    folder = config.experiment_dir
     print(f"\nWrote {_shown(folder / 'lineage.json')}   (replay it: pbt replay {_shown(folder)})")
-    print(f"      {_shown(folder / 'pbt')}   (Ray Tune's trial folders)")
-    return 0 if not grid.errors else 1
+    print(f"      {_shown(folder / 'pbt')}   (Ray Tune's trial folders and reports.jsonl)")
+    return len(errors)
+
+
+def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
+    """Run the grid baseline and print its best point; returns the number of failed points."""
+    from pbt.compare import load_arms
+    from pbt.experiment import grid_arm
+    from pbt.grid import grid_axes
+    from pbt.progress import PopulationProgress
+
+    axes = grid_axes(config, space)
+    points = 1
+    for values in axes.values():
+        points *= len(values)
+    print(f"\nGrid: {points} points x {config.population.epochs} epochs "
+          f"(the population: {config.population.size} members x {config.population.epochs} epochs)")
+    for name, values in axes.items():
+        print(f"  {name:<13} {', '.join(v if isinstance(v, str) else f'{v:.3g}' for v in values)}")
+    if points != config.population.size:
+        print(f"  note: {points} grid points for {config.population.size} population members: "
+              f"the grid spends {points / config.population.size:.0%} of the population's epochs")
+    _, errors = grid_arm(config, space, [PopulationProgress("grid", points, config.population.epochs)])
+    chosen = load_arms(config.experiment_dir)["grid"].chosen
+    if chosen:
+        print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}   "
+              f"test accuracy {chosen['test_acc']:.4f}")
+    _print_errors("grid point", errors)
+    return len(errors)
+
+
+def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
+    from pbt.compare import load_arms
+    from pbt.experiment import one_cycle_arm
+    from pbt.progress import PopulationProgress
+
+    settings = config.one_cycle
+    print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.high:.3g} "
+          f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}")
+    _, errors = one_cycle_arm(config, space, [PopulationProgress("one-cycle", 1, config.population.epochs)])
+    chosen = load_arms(config.experiment_dir)["one_cycle"].chosen
+    if chosen:
+        print(f"One-cycle run: validation accuracy {chosen['val_acc']:.4f}   test accuracy {chosen['test_acc']:.4f}")
+    _print_errors("run", errors)
+    return len(errors)
+
+
+def compare_stage(folder: Path, target: float | None = None) -> None:
+    from pbt.experiment import compare_folder
+    from pbt.lineage import format_schedule
+    from pbt.report import format_table
+
+    summary = compare_folder(folder, target)
+    print(f"\nComparison of {_shown(folder)} (compute = epochs and seconds actually trained, all runs of an arm):\n")
+    print(format_table(summary))
+    pbt_arm = summary["arms"].get("pbt")
+    grid_arm = summary["arms"].get("grid")
+    if pbt_arm and grid_arm and grid_arm["chosen"]:
+        chosen = grid_arm["chosen"]
+        print(f"\nThe grid's best fixed point: lr {chosen['lr']:.4g}, momentum {chosen['momentum']:.3f}, "
+              f"weight decay {chosen['weight_decay']:.3g}")
+    files = summary["files"]
+    print(f"\nWrote {_shown(Path(files['summary']))}\n      {_shown(Path(files['accuracy_plot']))}")
+    print(f"      {_shown(Path(files['schedule_plot']))}\n      {_shown(Path(files['tensorboard']))}/compare")
+
+
+def _print_errors(what: str, errors: list) -> None:
+    if errors:
+        print(f"\n{len(errors)} {what}(s) failed; the first: {errors[0]}")
 
 
 def run_replay(args: argparse.Namespace) -> int:

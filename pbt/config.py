@@ -137,6 +137,73 @@ class PopulationConfig(StrictModel):
         return factors
 
 
+class GridConfig(StrictModel):
+    """The grid-search baseline: every combination of the values, each point trained `population.epochs`.
+
+    Values left out come from the search space: learning rates log-spaced across the range test's
+    range widened by `lr_span` on each side, momentum and weight decay at the ends of their bounds.
+    By default the grid has as many points as the population has members (same compute).
+    """
+
+    lr: list[float] | None = Field(None, min_length=1, description="Learning rates; default from the range test.")
+    momentum: list[float] | None = Field(None, min_length=1)
+    weight_decay: list[float] | None = Field(None, min_length=1)
+    optimizer: list[str] | None = Field(
+        None, min_length=1, description="Also grid over the trainer's `optimizer` setting (e.g. [sgd, adam])."
+    )
+    lr_span: float = Field(2.0, ge=1, description="Default lr points reach this factor beyond the range's ends.")
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lrs(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and min(values) <= 0:
+            raise ValueError(f"learning rates must be positive, but got {values}")
+        return values
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_range(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not all(0 <= v < 1 for v in values):
+            raise ValueError(f"momentum values must be in [0, 1), but got {values}")
+        return values
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and min(values) < 0:
+            raise ValueError(f"weight decays must be >= 0, but got {values}")
+        return values
+
+
+class OneCycleConfig(StrictModel):
+    """The one-cycle baseline (Smith): one run of `population.epochs` with `OneCycleLR`."""
+
+    enabled: bool = True
+    max_lr: float | None = Field(None, gt=0, description="Peak learning rate; default the range test's lr_high.")
+    base_momentum: float = Field(0.85, ge=0, lt=1, description="Momentum at the peak learning rate.")
+    max_momentum: float = Field(0.95, ge=0, lt=1, description="Momentum at the start and the end.")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="Share of the run spent raising the learning rate.")
+    div_factor: float = Field(25.0, gt=1, description="The run starts at max_lr / div_factor.")
+    final_div_factor: float = Field(1e4, gt=1, description="It ends at the start lr / final_div_factor.")
+
+    @model_validator(mode="after")
+    def _check_order(self) -> OneCycleConfig:
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(
+                f"base_momentum must not exceed max_momentum, but got base_momentum={self.base_momentum} "
+                f"and max_momentum={self.max_momentum}"
+            )
+        return self
+
+
+class CompareConfig(StrictModel):
+    """How `pbt compare` reads the arms."""
+
+    target_val_acc: float | None = Field(
+        None, gt=0, le=1, description="Accuracy whose time-to-reach is reported; default: the grid's best."
+    )
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: which trainer, its settings, and how to search its hyperparameters."""
 
@@ -149,6 +216,9 @@ class ExperimentConfig(StrictModel):
     lr_range: LRRangeConfig = Field(default_factory=LRRangeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
+    one_cycle: OneCycleConfig = Field(default_factory=OneCycleConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @model_validator(mode="after")
     def _interval_within_run(self) -> ExperimentConfig:

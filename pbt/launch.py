@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pbt.config import ExperimentConfig
+from pbt.one_cycle import OneCycleMember
 from pbt.ray_adapter import METRIC, PBTMember
 from pbt.scheduler import ClippedPBT
 from pbt.space import SearchSpace
@@ -47,33 +51,70 @@ def quiet_tune() -> None:
 
 
 def run_population(
-    config: ExperimentConfig, space: SearchSpace, folder: Path, callbacks: list[tune.Callback] | None = None
+    config: ExperimentConfig,
+    space: SearchSpace,
+    folder: Path,
+    callbacks: list[tune.Callback] | None = None,
+    member_class: type[PBTMember] = PBTMember,
 ) -> tune.ResultGrid:
     """PBT over `space` with Ray Tune; trial folders go to `folder/pbt`."""
-    quiet_tune()
     population = config.population
-    trainable = tune.with_resources(
-        tune.with_parameters(PBTMember, experiment=config),
-        {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
-    )
     param_space = {
         "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
         **{name: bound.domain() for name, bound in space.bounds.items()},
     }
+    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed)
+    return run_trials(config, "pbt", member_class, param_space, folder, scheduler, callbacks)
+
+
+def run_grid(
+    config: ExperimentConfig, points: list[dict[str, Any]], folder: Path, callbacks: list[tune.Callback] | None = None
+) -> tune.ResultGrid:
+    """Every grid point trained for `population.epochs` epochs; trial folders go to `folder/grid`."""
+    param_space = {
+        "member": tune.grid_search([point["member"] for point in points]),
+        # Each point's values follow from its number; a product of grid_search axes could not be numbered.
+        **{name: tune.sample_from(partial(_point_value, points, name)) for name in points[0] if name != "member"},
+    }
+    return run_trials(config, "grid", PBTMember, param_space, folder, None, callbacks)
+
+
+def run_one_cycle(
+    config: ExperimentConfig, start: dict[str, float], folder: Path, callbacks: list[tune.Callback] | None = None
+) -> tune.ResultGrid:
+    """One run with `OneCycleLR`, peak `start["lr"]`; its trial folder goes to `folder/one_cycle`."""
+    return run_trials(config, "one_cycle", OneCycleMember, {"member": 0, **start}, folder, None, callbacks)
+
+
+def run_trials(
+    config: ExperimentConfig,
+    arm: str,
+    member_class: type[PBTMember],
+    param_space: dict[str, Any],
+    folder: Path,
+    scheduler: TrialScheduler | None,
+    callbacks: list[tune.Callback] | None,
+) -> tune.ResultGrid:
+    """The Tuner every arm shares: same trainable, resources, budget, checkpoints and failure handling."""
+    quiet_tune()
+    trainable = tune.with_resources(
+        tune.with_parameters(member_class, experiment=config),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            scheduler=ClippedPBT(space, population, metric=METRIC, seed=config.seed),
+            scheduler=scheduler,
             search_alg=BasicVariantGenerator(random_state=config.seed),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name="pbt",
+            name=arm,
             storage_path=str(folder.resolve()),
-            stop={"training_iteration": population.epochs},
+            stop={"training_iteration": config.population.epochs},
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=population.checkpoints_to_keep, checkpoint_at_end=True
+                num_to_keep=config.population.checkpoints_to_keep, checkpoint_at_end=True
             ),
             failure_config=tune.FailureConfig(max_failures=3),
             callbacks=callbacks or [],
@@ -81,3 +122,7 @@ def run_population(
         ),
     )
     return tuner.fit()
+
+
+def _point_value(points: list[dict[str, Any]], name: str, spec: Any) -> Any:
+    return points[spec.config["member"]][name]

@@ -14,30 +14,34 @@ from pbt.ray_adapter import METRIC
 class PopulationProgress(tune.Callback):
     """Prints one line when the best member improves or every `every_seconds`, never more often.
 
-    Progress is the epoch of the slowest member: PBT members that copy a donor may train some
-    epochs twice, so epochs trained can exceed members x epochs.
+    Progress is epochs trained against the budget (runs x epochs) and runs finished; PBT members
+    that copy a donor may train some epochs twice, so epochs trained can exceed the budget.
     """
 
-    def __init__(self, label: str, epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None) -> None:
-        self.label, self.epochs, self.every = label, epochs, every_seconds
+    def __init__(
+        self, label: str, runs: int, epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None
+    ) -> None:
+        self.label, self.runs, self.epochs, self.every = label, runs, epochs, every_seconds
+        self.finished = 0
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.last_print = 0.0
         self.executed = 0  # epochs trained, including those a clone trains again after an exploit
         self.diverged = 0
-        self.reached: dict[Any, int] = {}  # trial -> its latest epoch
         self.best: dict[str, Any] | None = None
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.executed += result.get("epochs_executed", 1)
         self.diverged += bool(result.get("diverged"))
-        self.reached[trial] = result["training_iteration"]
         improved = self.best is None or result[METRIC] > self.best[METRIC]
         if improved:
             self.best = {**result, "member": trial.config.get("member")}
         now = time.monotonic()
         if (improved and now - self.last_print > 1.0) or now - self.last_print > self.every:
             self.print_line(now)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finished += 1
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.print_line(time.monotonic())
@@ -47,11 +51,10 @@ class PopulationProgress(tune.Callback):
         best = self.best
         if best is None:
             return
-        slowest = min(self.reached.values())
         diverged = f" | {self.diverged} diverged reports" if self.diverged else ""
         self.stream.write(
-            f"  [{self.label} {now - self.started:4.0f} s] slowest member at epoch {slowest:>3}/{self.epochs}, "
-            f"{self.executed} epochs trained | "
+            f"  [{self.label} {now - self.started:4.0f} s] {self.executed:>4}/{self.runs * self.epochs} epochs trained, "
+            f"{self.finished}/{self.runs} runs finished | "
             f"best val acc {best[METRIC]:.4f} (member {best['member']}, epoch {best['training_iteration']}: "
             f"lr {best['lr']:.3g}, momentum {best['momentum']:.3g}, wd {best['weight_decay']:.2g}){diverged}\n"
         )

@@ -40,9 +40,16 @@ class PBTMember(tune.Trainable):
         self.fresh = False  # set when an actor is reused for a new trial; see reset_config
 
     def _new_trainer(self, config: dict[str, Any]) -> Trainer:
-        trainer = build_trainer(self.experiment, device=self.device, seed=self.experiment.seed + config.get("member", 0))
+        experiment = self.experiment
+        if "optimizer" in config:  # a grid over optimizers
+            experiment = experiment.model_copy(update={"trainer": {**experiment.trainer, "optimizer": config["optimizer"]}})
+        trainer = build_trainer(experiment, device=self.device, seed=experiment.seed + config.get("member", 0))
         set_hyperparams(trainer.optimizer, **{k: config[k] for k in HYPERPARAMS})
         return trainer
+
+    def hyperparams(self) -> dict[str, float]:
+        """The lr, momentum and weight decay this member trains with: its config's."""
+        return {k: self.config[k] for k in HYPERPARAMS}
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # Called for an exploit (a restore follows) and when a reused actor starts another
@@ -53,10 +60,8 @@ class PBTMember(tune.Trainable):
         return True
 
     def step(self) -> dict[str, Any]:
-        if self.fresh:  # a new trial on a reused actor: start from its own seed, not the last trial's weights
-            self.trainer = self._new_trainer(self.config)
-            self.history = []
-            self.fresh = False
+        if self.fresh:
+            self._start_fresh()
         started = time.perf_counter()
         # A diverged member stops spending compute: it reports the worst score until replaced.
         executed = not self.diverged
@@ -68,7 +73,7 @@ class PBTMember(tune.Trainable):
         else:
             metrics.update(self.trainer.evaluate())
         seconds = time.perf_counter() - started
-        hyperparams = {k: self.config[k] for k in HYPERPARAMS}
+        hyperparams = self.hyperparams()
         epoch = self.iteration + 1
         self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams, METRIC: metrics[METRIC]})
         return {
@@ -79,6 +84,12 @@ class PBTMember(tune.Trainable):
             "epochs_executed": int(executed),
             "compute_seconds": seconds,
         }
+
+    def _start_fresh(self) -> None:
+        """A new trial on a reused actor: start from its own seed, not the last trial's weights."""
+        self.trainer = self._new_trainer(self.config)
+        self.history = []
+        self.fresh = False
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = {
@@ -95,7 +106,7 @@ class PBTMember(tune.Trainable):
         state = load_member_state(checkpoint_dir, self.device)
         self.trainer.load_state_dict(state["trainer"])
         # The donor's optimizer state came with its hyperparameters; ours (explored) win.
-        set_hyperparams(self.trainer.optimizer, **{k: self.config[k] for k in HYPERPARAMS})
+        set_hyperparams(self.trainer.optimizer, **self.hyperparams())
         self.history = [dict(entry) for entry in state["history"]]
         self.diverged = bool(state["diverged"])
 

@@ -47,7 +47,7 @@ class ClippedPBT(PopulationBasedTraining):
         )
         # The member keeps its own identity (and seed); only weights and hyperparameters move.
         new_config["member"] = trial.config["member"]
-        log.info("member %s copies member %s: %s", trial.config["member"], trial_to_clone.config["member"],
-                 "; ".join(changes.values()))
+        log.info("member %s copies member %s (epoch %s): %s", trial.config["member"], trial_to_clone.config["member"],
+                 trial_to_clone.last_result.get("training_iteration", "?"), "; ".join(changes.values()))
         operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
         return new_config, operations

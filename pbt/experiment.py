@@ -1,0 +1,129 @@
+"""One experiment folder, arm by arm: the search space, PBT, the grid and one-cycle baselines, the comparison.
+
+Layout of `<storage_path>/<name>/`:
+
+    config.json            the validated config every arm ran with
+    lr_range.json/.png     the range test (when it ran)
+    pbt/  grid/  one_cycle/   Ray Tune's trial folders and our reports.jsonl per arm
+    lineage.json           PBT: who copied whom, the best member's schedule
+    summary.json, compare_accuracy.png, compare_schedule.png   the comparison
+    tensorboard/           everything above as TensorBoard runs
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from ray import tune
+
+from pbt.compare import ARM_TITLES, compare_arms, load_arms
+from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
+from pbt.grid import grid_axes, grid_points, point_label
+from pbt.launch import ensure_ray, run_grid, run_one_cycle, run_population
+from pbt.lineage import POLICY_LOG, build_lineage
+from pbt.records import ReportRecorder, member_label
+from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
+from pbt.space import SearchSpace
+
+TENSORBOARD = "tensorboard"
+
+
+def check_fresh(folder: Path, arms: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to mix a new run into an arm's old results; with `overwrite`, clear them first."""
+    taken = [arm for arm in arms if (folder / arm).exists()]
+    if taken and not overwrite:
+        raise PbtError(
+            f"{folder} already holds results of {', '.join(taken)}; pass --overwrite to replace them, "
+            f"or give the experiment another name (name=...)"
+        )
+    for arm in taken:
+        shutil.rmtree(folder / arm)
+        shutil.rmtree(folder / TENSORBOARD / arm, ignore_errors=True)
+    if taken:
+        shutil.rmtree(folder / TENSORBOARD / "compare", ignore_errors=True)
+
+
+def save_config(config: ExperimentConfig) -> Path:
+    folder = config.experiment_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config.model_dump_json(indent=1))
+    return folder
+
+
+def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRecorder:
+    folder = config.experiment_dir
+    return ReportRecorder(arm, folder / arm, label=label, tensorboard=folder / TENSORBOARD)
+
+
+def pbt_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
+    """Run the population; write `lineage.json`. Returns the lineage and the failed members' errors."""
+    folder = config.experiment_dir
+    ensure_ray()
+    grid = run_population(config, space, folder, callbacks=[recorder(config, "pbt"), *callbacks])
+    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
+    lineage["space"] = space.to_dict()
+    (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    write_hparams(folder, "pbt", folder / TENSORBOARD)
+    return lineage, list(grid.errors)
+
+
+def grid_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
+    """Train every grid point for `population.epochs`; returns the axes and the failed points' errors."""
+    folder = config.experiment_dir
+    axes = grid_axes(config, space)
+    (folder / "grid").mkdir(parents=True, exist_ok=True)
+    (folder / "grid" / "axes.json").write_text(json.dumps(axes, indent=1))
+    ensure_ray()
+    results = run_grid(config, grid_points(axes), folder, callbacks=[recorder(config, "grid", point_label), *callbacks])
+    write_hparams(folder, "grid", folder / TENSORBOARD)
+    return axes, list(results.errors)
+
+
+def one_cycle_start(config: ExperimentConfig, space: SearchSpace) -> dict[str, float]:
+    """Peak lr (the range's high end unless configured), the momentum bounds' middle, the weight decays' middle."""
+    settings = config.one_cycle
+    return {
+        "lr": settings.max_lr or space.lr.high,
+        "momentum": settings.max_momentum,
+        "weight_decay": (space.weight_decay.low * space.weight_decay.high) ** 0.5,
+    }
+
+
+def one_cycle_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
+    folder = config.experiment_dir
+    start = one_cycle_start(config, space)
+    ensure_ray()
+    results = run_one_cycle(config, start, folder, callbacks=[recorder(config, "one_cycle", lambda _: "run"), *callbacks])
+    write_hparams(folder, "one_cycle", folder / TENSORBOARD)
+    return start, list(results.errors)
+
+
+def compare_folder(folder: Path, target: float | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Summarize the arms of `folder`: `summary.json`, two PNGs and the `compare/` TensorBoard runs in `out`."""
+    arms = load_arms(folder)
+    if not arms:
+        raise PbtError(f"{folder} holds no results of pbt, grid or one_cycle; give a folder written by `pbt run`")
+    if target is None and (folder / "config.json").is_file():
+        target = ExperimentConfig.model_validate_json((folder / "config.json").read_text()).compare.target_val_acc
+    summary = compare_arms(arms, target)
+    out = out or folder
+    out.mkdir(parents=True, exist_ok=True)
+    summary["files"] = {"summary": str(out / "summary.json"), "accuracy_plot": str(out / "compare_accuracy.png"),
+                        "schedule_plot": str(out / "compare_schedule.png"), "tensorboard": str(out / TENSORBOARD)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    names = " vs ".join(ARM_TITLES.get(name, name) for name in arms)
+    for figure, path in (
+        (accuracy_figure(arms, summary["target_val_acc"], f"{folder.name}: {names}, accuracy against compute"),
+         summary["files"]["accuracy_plot"]),
+        (schedule_figure(arms, f"{folder.name}: the hyperparameters of each arm's chosen run"),
+         summary["files"]["schedule_plot"]),
+    ):
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+    write_comparison_runs(arms, out / TENSORBOARD)
+    return summary

@@ -1,0 +1,55 @@
+"""The grid baseline's points: same budget as the population, values from the search space or the config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pbt.config import validate_config
+from pbt.grid import grid_axes, grid_points, point_label
+from pbt.space import Bound, SearchSpace
+
+SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False), Bound(1e-5, 1e-3, log=True))
+
+
+@pytest.mark.parametrize("size, lrs, momenta, decays", [(16, 4, 2, 2), (8, 2, 2, 2), (12, 3, 2, 2), (4, 2, 1, 2), (2, 2, 1, 1)])
+def test_default_grid_spends_the_populations_budget(size, lrs, momenta, decays):
+    axes = grid_axes(validate_config({"population": {"size": size, "epochs": 8}}), SPACE)
+    assert (len(axes["lr"]), len(axes["momentum"]), len(axes["weight_decay"])) == (lrs, momenta, decays)
+    assert len(grid_points(axes)) == size
+
+
+def test_default_learning_rates_are_log_spaced_around_the_range():
+    axes = grid_axes(validate_config({"population": {"size": 16}, "grid": {"lr_span": 2.0}}), SPACE)
+    lrs = axes["lr"]
+    assert lrs[0] == pytest.approx(0.01 / 2) and lrs[-1] == pytest.approx(0.04 * 2)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios))
+    assert axes["momentum"] == [0.85, 0.95] and axes["weight_decay"] == [1e-5, 1e-3]
+
+
+def test_a_single_secondary_value_is_the_middle_of_its_bounds():
+    axes = grid_axes(validate_config({"population": {"size": 2, "epochs": 4}}), SPACE)
+    assert axes["momentum"] == [pytest.approx(0.9)]
+    assert axes["weight_decay"] == [pytest.approx(math.sqrt(1e-5 * 1e-3))]
+
+
+def test_configured_values_win_and_the_optimizer_is_an_axis():
+    config = validate_config({
+        "population": {"size": 8},
+        "grid": {"lr": [0.1, 0.2], "momentum": [0.9], "weight_decay": [0.0, 1e-4], "optimizer": ["sgd", "adam"]},
+    })
+    axes = grid_axes(config, SPACE)
+    assert axes == {"optimizer": ["sgd", "adam"], "lr": [0.1, 0.2], "momentum": [0.9], "weight_decay": [0.0, 1e-4]}
+    points = grid_points(axes)
+    assert len(points) == 8 and [p["member"] for p in points] == list(range(8))
+    assert {(p["optimizer"], p["lr"], p["weight_decay"]) for p in points} == {
+        (o, lr, wd) for o in ("sgd", "adam") for lr in (0.1, 0.2) for wd in (0.0, 1e-4)
+    }
+    assert point_label(points[0]) == "sgd lr=0.1 momentum=0.9 wd=0"
+
+
+def test_point_labels_are_distinct_for_the_default_grid():
+    points = grid_points(grid_axes(validate_config({"population": {"size": 16}}), SPACE))
+    assert len({point_label(p) for p in points}) == 16
