@@ -202,7 +202,8 @@ def prepare_space(config: ExperimentConfig) -> SearchSpace:
     save_config(config)
     print("\nSearch space (the population starts inside it and explores within it; the grid covers it):")
     for name, bound in space.bounds.items():
-        print(f"  {name:<13} [{bound.low:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}")
+        below = f"; exploration may anneal it down to {bound.low:.3g}" if bound.start > bound.low else ""
+        print(f"  {name:<13} [{bound.start:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}{below}")
     return space
 
 

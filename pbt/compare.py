@@ -105,12 +105,13 @@ def compute_to_reach(curve: list[CurvePoint], target: float) -> dict[str, float]
 def compare_arms(arms: dict[str, ArmSummary], target: float | None) -> dict[str, Any]:
     """`summary.json`: every arm's summary, the target and each arm's compute to reach it.
 
-    Without a configured `target`, the target is the grid's best validation accuracy: the question
-    becomes "how much of the grid's compute does PBT need to match the grid's best?".
+    Without a configured `target`, the target is the grid's final best validation accuracy (that of
+    the grid point it would pick): the question becomes "how much of the grid's compute does PBT
+    need to match what the grid ends with?".
     """
     source = "configured"
-    if target is None and "grid" in arms and arms["grid"].best_val_acc is not None:
-        target, source = arms["grid"].best_val_acc, "the grid's best validation accuracy"
+    if target is None and "grid" in arms and arms["grid"].chosen is not None:
+        target, source = arms["grid"].chosen["val_acc"], "the grid's final best validation accuracy"
     for arm in arms.values():
         arm.to_target = compute_to_reach(arm.curve, target) if target is not None else None
     summary: dict[str, Any] = {"target_val_acc": target, "target_source": source if target is not None else None,

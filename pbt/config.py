@@ -88,6 +88,12 @@ class SearchConfig(StrictModel):
     """The hyperparameter space. `lr` left out: the LR range test provides it."""
 
     lr: Bounds | None = Field(None, description="Skip the range test by giving the range here.")
+    lr_anneal_factor: float = Field(
+        10.0,
+        ge=1,
+        description="Members start in [lr.low, lr.high]; exploration may lower the lr to lr.low / this "
+        "(PBT anneals by copying members that lowered it). 1 keeps exploration inside the range.",
+    )
     momentum: Bounds = Field(default_factory=lambda: Bounds(low=0.85, high=0.95))
     weight_decay: Bounds | None = Field(
         None, description="Log range; default: around the weight-decay test's choice, else [1e-5, 1e-3]."

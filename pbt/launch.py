@@ -124,5 +124,5 @@ def run_trials(
     return tuner.fit()
 
 
-def _point_value(points: list[dict[str, Any]], name: str, spec: Any) -> Any:
-    return points[spec.config["member"]][name]
+def _point_value(points: list[dict[str, Any]], name: str, config: dict[str, Any]) -> Any:
+    return points[config["member"]][name]

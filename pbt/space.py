@@ -21,27 +21,43 @@ DEFAULT_WEIGHT_DECAY = (1e-5, 1e-3)
 
 @dataclass(frozen=True)
 class Bound:
-    """One hyperparameter's interval; `log` means sampled log-uniformly (lr, weight decay)."""
+    """One hyperparameter's interval; `log` means sampled log-uniformly (lr, weight decay).
+
+    `complement` perturbs 1 - value instead of the value: momentum lives just below 1, where
+    x0.8 or x1.2 would throw 0.9 to 0.72 or 1.08, far out of any sensible band; scaling the
+    distance from 1 moves 0.9 to 0.92 or 0.88 (the momentum's averaging horizon changes by the factor).
+    """
 
     low: float
     high: float
     log: bool
+    complement: bool = False
+    start_low: float | None = None  # the population starts (and resamples) in [start_low, high]
+
+    @property
+    def start(self) -> float:
+        """The low end of where the population starts; exploration may go down to `low`."""
+        return self.low if self.start_low is None else self.start_low
+
+    def perturb(self, value: float, factor: float) -> float:
+        return 1 - (1 - value) * factor if self.complement else value * factor
 
     def sample(self, rng: random.Random) -> float:
-        if self.low == self.high:
-            return self.low
+        low = self.start
+        if low == self.high:
+            return low
         if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return rng.uniform(self.low, self.high)
+            return math.exp(rng.uniform(math.log(low), math.log(self.high)))
+        return rng.uniform(low, self.high)
 
     def clip(self, value: float) -> float:
         return min(max(value, self.low), self.high)
 
     def domain(self) -> tune.search.sample.Domain:
-        """The Ray Tune distribution for the initial population."""
-        if self.low == self.high:
-            return tune.choice([self.low])
-        return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
+        """The Ray Tune distribution for the initial population (and for resampling)."""
+        if self.start == self.high:
+            return tune.choice([self.high])
+        return tune.loguniform(self.start, self.high) if self.log else tune.uniform(self.start, self.high)
 
 
 @dataclass(frozen=True)
@@ -55,18 +71,21 @@ class SearchSpace:
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     def to_dict(self) -> dict[str, dict[str, float | bool]]:
-        return {name: {"low": b.low, "high": b.high, "log": b.log} for name, b in self.bounds.items()}
+        return {name: {"low": b.low, "high": b.high, "start_low": b.start, "log": b.log, "complement": b.complement}
+                for name, b in self.bounds.items()}
 
 
 def search_space(config: ExperimentConfig, sweep: RangeSweep | None) -> SearchSpace:
     """Bounds from the config where given, else from the LR range test (`sweep`)."""
     search = config.search
     if search.lr is not None:
-        lr = Bound(search.lr.low, search.lr.high, log=True)
+        low, high = search.lr.low, search.lr.high
     elif sweep is not None:
-        lr = Bound(sweep.chosen.lr_low, sweep.chosen.lr_high, log=True)
+        low, high = sweep.chosen.lr_low, sweep.chosen.lr_high
     else:
         raise ValueError("no learning-rate range: give search.lr or run the range test")
+    # Members start inside the range; exploration may anneal below it, never above it.
+    lr = Bound(low / search.lr_anneal_factor, high, log=True, start_low=low)
     if search.weight_decay is not None:
         weight_decay = Bound(search.weight_decay.low, search.weight_decay.high, log=True)
     elif sweep is not None and len(sweep.results) > 1 and sweep.chosen_weight_decay > 0:
@@ -74,7 +93,8 @@ def search_space(config: ExperimentConfig, sweep: RangeSweep | None) -> SearchSp
         weight_decay = Bound(sweep.chosen_weight_decay / 3, sweep.chosen_weight_decay * 3, log=True)
     else:
         weight_decay = Bound(*DEFAULT_WEIGHT_DECAY, log=True)
-    return SearchSpace(lr, Bound(search.momentum.low, search.momentum.high, log=False), weight_decay)
+    momentum = Bound(search.momentum.low, search.momentum.high, log=False, complement=True)
+    return SearchSpace(lr, momentum, weight_decay)
 
 
 def explore(
@@ -84,7 +104,7 @@ def explore(
     resample_probability: float = 0.25,
     factors: tuple[float, ...] = (0.8, 1.2),
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Perturb (x factor) or resample each hyperparameter, clipped to its bounds.
+    """Perturb (x factor; momentum: 1 - momentum x factor) or resample each hyperparameter, clipped to its bounds.
 
     Returns the new values and, per hyperparameter, how it changed: `lr 0.02 -> 0.024 (x1.2)`.
     Keys of `values` that are not hyperparameters are passed through untouched.
@@ -97,7 +117,7 @@ def explore(
             value, how = bound.sample(rng), "resampled"
         else:
             factor = rng.choice(factors)
-            value, how = old * factor, f"x{factor:g}"
+            value, how = bound.perturb(old, factor), f"{'1-m ' if bound.complement else ''}x{factor:g}"
         clipped = bound.clip(value)
         if clipped != value:
             how += f", clipped to {'high' if clipped == bound.high else 'low'} bound"

@@ -31,7 +31,7 @@ from pbt.registry import build_trainer
 from pbt.space import Bound, SearchSpace
 
 SLOTS = 2
-SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False), Bound(1e-5, 1e-3, log=True))
+SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False, complement=True), Bound(1e-5, 1e-3, log=True))
 PHASES = ("setup", "save", "load", "reset")
 
 
@@ -125,8 +125,8 @@ class KeepResults(tune.Callback):
 def measure(label: str, run) -> tuple[float, float, float, list[dict]]:
     """Wall time of `run` (a Tuner.fit), and efficiency from every report the members made.
 
-    Each run gets a fresh Ray instance (its start is not timed): the reference kills and starts
-    worker processes, and their leftovers would otherwise steal CPU from the next run.
+    Each run gets a fresh Ray instance (its start is not timed, like `ray.init`): the reference
+    kills and starts worker processes, and their leftovers would otherwise steal CPU from the next run.
     """
     ray.shutdown()
     ensure_ray(num_cpus=SLOTS)

@@ -44,15 +44,17 @@ def test_failed_runs_are_counted_even_without_reports():
     assert arm.failed == ["b"] and arm.runs == 2
 
 
-def test_the_default_target_is_the_grids_best_and_shares_are_of_the_grids_compute():
-    grid = summarize_arm("grid", [report(f"g{i}", e, 0.5 + 0.05 * i + 0.01 * e, 0.5) for i in range(4) for e in (1, 2)])
+def test_the_default_target_is_the_grids_final_best_and_shares_are_of_the_grids_compute():
+    grid_peak = report("g9", 1, 0.9, 0.5)  # a peak that did not last: not the grid's final best
+    grid = summarize_arm("grid", [grid_peak] + [report(f"g{i}", e, 0.5 + 0.05 * i + 0.01 * e, 0.5)
+                                               for i in range(4) for e in (1, 2)] + [report("g9", 2, 0.3, 0.3)])
     pbt = summarize_arm("pbt", [report(f"p{i}", e, 0.6 + 0.1 * e, 0.6) for i in range(4) for e in (1, 2)])
     summary = compare_arms({"pbt": pbt, "grid": grid}, target=None)
     assert summary["target_val_acc"] == pytest.approx(0.67)
-    assert summary["target_source"] == "the grid's best validation accuracy"
-    assert summary["arms"]["grid"]["to_target"]["epochs"] == 8  # the grid's best came in its last epoch
+    assert summary["target_source"] == "the grid's final best validation accuracy"
+    assert summary["arms"]["grid"]["to_target"]["epochs"] == 1  # the peak of g9 counts for the curve
     assert summary["arms"]["pbt"]["to_target"]["epochs"] == 1
-    assert summary["share_of_grid_compute_to_target"]["pbt"]["epochs"] == pytest.approx(1 / 8)
+    assert summary["share_of_grid_compute_to_target"]["pbt"]["epochs"] == pytest.approx(1 / 10)
 
 
 def test_a_configured_target_is_kept():

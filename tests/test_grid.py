@@ -10,7 +10,7 @@ from pbt.config import validate_config
 from pbt.grid import grid_axes, grid_points, point_label
 from pbt.space import Bound, SearchSpace
 
-SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False), Bound(1e-5, 1e-3, log=True))
+SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False, complement=True), Bound(1e-5, 1e-3, log=True))
 
 
 @pytest.mark.parametrize("size, lrs, momenta, decays", [(16, 4, 2, 2), (8, 2, 2, 2), (12, 3, 2, 2), (4, 2, 1, 2), (2, 2, 1, 1)])

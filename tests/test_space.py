@@ -11,7 +11,7 @@ from pbt.lr_range import RangeResult, RangeSweep
 from pbt.space import Bound, SearchSpace, explore, search_space
 
 SPACE = SearchSpace(
-    lr=Bound(0.01, 0.05, log=True), momentum=Bound(0.85, 0.95, log=False), weight_decay=Bound(1e-5, 1e-3, log=True)
+    lr=Bound(0.01, 0.05, log=True), momentum=Bound(0.85, 0.95, log=False, complement=True), weight_decay=Bound(1e-5, 1e-3, log=True)
 )
 
 
@@ -25,7 +25,8 @@ def test_exploration_never_leaves_the_bounds_over_thousands_of_draws():
             assert bound.low <= values[name] <= bound.high
             seen[name].add(changes[name].rsplit("(", 1)[1].split(",")[0].rstrip(")"))
         assert values["member"] == 7
-    assert all(kinds == {"x0.8", "x1.2", "resampled"} for kinds in seen.values())
+    assert seen["lr"] == seen["weight_decay"] == {"x0.8", "x1.2", "resampled"}
+    assert seen["momentum"] == {"1-m x0.8", "1-m x1.2", "resampled"}
 
 
 def test_explore_reports_each_change_with_old_and_new_values():
@@ -33,10 +34,11 @@ def test_explore_reports_each_change_with_old_and_new_values():
     new, changes = explore({"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4}, SPACE, rng, resample_probability=0.0)
     for name in SPACE.bounds:
         old = {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4}[name]
-        factor = new[name] / old
-        if "clipped" not in changes[name]:
-            assert factor == pytest.approx(0.8) or factor == pytest.approx(1.2)
-            assert changes[name] == f"{name} {old:.4g} -> {new[name]:.4g} (x{round(factor, 1):g})"
+        factor = (1 - new[name]) / (1 - old) if name == "momentum" else new[name] / old
+        how = f"{'1-m ' if name == 'momentum' else ''}x{round(factor, 1):g}"
+        assert "clipped" not in changes[name]  # 0.9 x (0.8 | 1.2) in 1 - m stays inside [0.85, 0.95]
+        assert factor == pytest.approx(0.8) or factor == pytest.approx(1.2)
+        assert changes[name] == f"{name} {old:.4g} -> {new[name]:.4g} ({how})"
 
 
 def test_a_clipped_change_says_so():
@@ -61,14 +63,24 @@ def _sweep(chosen_wd: float, decays: list[float]) -> RangeSweep:
 def test_space_comes_from_the_range_test_unless_the_config_gives_it():
     config = validate_config({})
     space = search_space(config, _sweep(0.0, [0.0]))
-    assert (space.lr.low, space.lr.high, space.lr.log) == (0.01, 0.03, True)
+    assert (space.lr.start, space.lr.high, space.lr.log) == (0.01, 0.03, True)
+    assert space.lr.low == pytest.approx(0.001)  # exploration may anneal a decade below the range
     assert (space.momentum.low, space.momentum.high) == (0.85, 0.95)
     assert (space.weight_decay.low, space.weight_decay.high) == (1e-5, 1e-3)
     given = validate_config({"search": {"lr": {"low": 0.1, "high": 0.2}, "weight_decay": {"low": 1e-4, "high": 1e-4}}})
     space = search_space(given, None)
-    assert (space.lr.low, space.lr.high, space.weight_decay.low) == (0.1, 0.2, 1e-4)
+    assert (space.lr.start, space.lr.high, space.weight_decay.low) == (0.1, 0.2, 1e-4)
 
 
 def test_weight_decay_range_centres_on_the_weight_decay_test():
     space = search_space(validate_config({}), _sweep(3e-4, [0.0, 3e-4, 3e-3]))
     assert (space.weight_decay.low, space.weight_decay.high) == pytest.approx((1e-4, 9e-4))
+
+
+def test_members_start_inside_the_range_and_explore_below_it():
+    bound = Bound(0.001, 0.03, log=True, start_low=0.01)
+    rng = random.Random(0)
+    assert all(0.01 <= bound.sample(rng) <= 0.03 for _ in range(1000))
+    assert bound.clip(0.002) == 0.002 and bound.clip(0.0001) == 0.001 and bound.clip(0.05) == 0.03
+    domain = bound.domain()
+    assert (domain.lower, domain.upper) == (0.01, 0.03)
