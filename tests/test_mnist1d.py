@@ -55,7 +55,7 @@ def test_batches_cover_the_training_set_once_per_epoch(tiny_mnist1d):
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.03), ("adam", 0.01)])
 def test_it_learns(optimizer, lr):
-    trainer = build_trainer(validate_config({"trainer": {"optimizer": optimizer, "num_samples": 2000}}))
+    trainer = build_trainer(validate_config({"trainer": {"optimizer": optimizer, "num_samples": 3000}}))
     set_hyperparams(trainer.optimizer, lr=lr, momentum=0.9)
     before = trainer.evaluate()
     for _ in range(8):
