@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -114,17 +115,27 @@ def _add_config_arguments(parser: argparse.ArgumentParser, overwrite: bool = Fal
     parser.add_argument("config", help="experiment YAML file, e.g. configs/mnist1d.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override config values, e.g. trainer.optimizer=adam lr_range.seeds=5")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to run on, HOST:PORT or 'auto' (default: $RAY_ADDRESS, else a fresh local Ray)")
     if overwrite:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace earlier results of the same experiment (default: refuse)")
 
 
 def load_checked(args: argparse.Namespace) -> ExperimentConfig:
-    """The config, with the trainer's own section validated too: fail before anything starts."""
+    """The config, its trainer section, its storage and its cluster checked: fail before anything starts."""
     from pbt.registry import resolve_trainer, trainer_settings
+
+    from pbt.experiment import check_storage
+    from pbt.launch import check_address, ensure_ray
 
     config = load_config(args.config, args.overrides)
     trainer_settings(resolve_trainer(config.trainable), config.trainer)
+    check_storage(config)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster that cannot be reached fails here, before anything is written
+        check_address(address)
+        ensure_ray(address=address)
     return config
 
 

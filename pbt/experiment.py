@@ -13,7 +13,9 @@ Layout of `<storage_path>/<name>/`:
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,21 @@ from pbt.report import accuracy_figure, format_table, schedule_figure, write_com
 from pbt.space import SearchSpace
 
 TENSORBOARD = "tensorboard"
+
+
+def check_storage(config: ExperimentConfig) -> None:
+    """The experiment folder can be created and written: checked on its nearest existing ancestor."""
+    folder = config.experiment_dir
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise PbtError(f"storage_path: {str(existing)!r} is a file, not a folder, but got storage_path={config.storage_path!r}")
+    try:  # a real write: permission bits say nothing for root or on read-only mounts
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".pbt-write-check-"))
+    except OSError as err:
+        raise PbtError(
+            f"storage_path: cannot write to {str(existing)!r} ({err.strerror or err}), but got "
+            f"storage_path={config.storage_path!r}; give a folder you can write to"
+        ) from None
 
 
 def check_fresh(folder: Path, arms: tuple[str, ...], overwrite: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
 from pbt.one_cycle import OneCycleMember
 from pbt.ray_adapter import METRIC, PBTMember
 from pbt.scheduler import ClippedPBT
@@ -22,22 +24,48 @@ from pbt.space import SearchSpace
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start a fresh local Ray instance unless this process is already connected to one.
+def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Connect to the cluster at `address` (or `RAY_ADDRESS`); without one, start a fresh local Ray.
 
-    `address="local"` matters: a bare `ray.init()` would silently attach to whatever cluster
-    `ray start` last left running on this machine.
+    `address="local"` matters for the local case: a bare `ray.init()` would silently attach to
+    whatever cluster `ray start` last left running on this machine. Does nothing if this process
+    is already connected.
     """
     if ray.is_initialized():
         return
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        configure_logging=False,
-    )
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **_QUIET)
+        return
+    check_address(address)
+    try:
+        ray.init(address=address, **_QUIET)
+    except ConnectionError as err:
+        raise PbtError(f"cannot connect to the Ray cluster at {address!r}: {str(err).splitlines()[0]}") from None
+
+
+_QUIET = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False}
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Refuse addresses Tune cannot use, and fail fast (not after Ray's minute of retries) on a dead one."""
+    if address.startswith("ray://"):
+        raise PbtError(
+            f"address {address!r} is a Ray Client address, which Ray Tune does not support well; "
+            "run pbt on the cluster instead: ray job submit --address http://HEAD:8265 -- pbt run CONFIG"
+        )
+    if address == "auto":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise PbtError(f"address must look like HOST:PORT (the head's GCS port, 6379 by default) or 'auto', but got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise PbtError(
+            f"cannot reach a Ray cluster at {address!r} ({err.strerror or err}); start one with "
+            "`ray start --head`, or check --address / RAY_ADDRESS"
+        ) from None
 
 
 def quiet_tune() -> None:
