@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--target", type=float, default=None,
                          help="validation accuracy to time (default: compare.target_val_acc, else the grid's best)")
     compare.set_defaults(handler=run_compare)
+    resume = commands.add_parser(
+        "resume",
+        help="finish an experiment whose `pbt` process was killed",
+        description="Continue the job recorded in DIR (job.json): finished runs are kept, unfinished ones "
+        "continue from their last checkpoint (Tuner.restore), arms not yet started run, then the comparison.",
+    )
+    resume.add_argument("folder", metavar="DIR", help="an experiment folder written by `pbt run`, `pbt pbt` or `pbt grid`")
+    resume.add_argument("--address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS, else local)")
+    resume.set_defaults(handler=run_resume)
     replay = commands.add_parser(
         "replay",
         help="retrain the best PBT member's schedule from scratch as one run",
@@ -165,36 +174,52 @@ def range_test(config: ExperimentConfig) -> RangeSweep:
 
 
 def run_main_job(args: argparse.Namespace) -> int:
-    from pbt.experiment import check_fresh
-
     config = load_checked(args)
     arms = ("pbt", "grid", "one_cycle") if config.one_cycle.enabled else ("pbt", "grid")
-    check_fresh(config.experiment_dir, arms, args.overwrite)
-    started = time.perf_counter()
-    space = prepare_space(config)
-    failed = pbt_stage(config, space) + grid_stage(config, space)
-    if config.one_cycle.enabled:
-        failed += one_cycle_stage(config, space)
-    compare_stage(config.experiment_dir)
-    print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "
-          f"View: tensorboard --logdir {_shown(config.experiment_dir / 'tensorboard')}")
-    return 0 if not failed else 1
+    return start_job(config, arms, args.overwrite)
 
 
 def run_pbt(args: argparse.Namespace) -> int:
-    from pbt.experiment import check_fresh
-
-    config = load_checked(args)
-    check_fresh(config.experiment_dir, ("pbt",), args.overwrite)
-    return 0 if not pbt_stage(config, prepare_space(config)) else 1
+    return start_job(load_checked(args), ("pbt",), args.overwrite)
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from pbt.experiment import check_fresh
+    return start_job(load_checked(args), ("grid",), args.overwrite)
 
-    config = load_checked(args)
-    check_fresh(config.experiment_dir, ("grid",), args.overwrite)
-    return 0 if not grid_stage(config, prepare_space(config)) else 1
+
+def run_resume(args: argparse.Namespace) -> int:
+    from pbt.experiment import load_job
+    from pbt.launch import check_address, ensure_ray
+
+    config, arms, space = load_job(Path(args.folder))
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
+        ensure_ray(address=address)
+    print(f"Resuming {_shown(config.experiment_dir)}: {', '.join(arms)} (finished runs are kept, "
+          "unfinished ones continue from their last checkpoint)")
+    return run_arms(config, space, arms)
+
+
+def start_job(config: ExperimentConfig, arms: tuple[str, ...], overwrite: bool) -> int:
+    """Check the folder, run the range test, then the arms (and the comparison when there are several)."""
+    from pbt.experiment import check_fresh, save_job
+
+    check_fresh(config.experiment_dir, arms, overwrite)
+    space = prepare_space(config)
+    save_job(config, arms, space)
+    return run_arms(config, space, arms)
+
+
+def run_arms(config: ExperimentConfig, space: SearchSpace, arms: tuple[str, ...]) -> int:
+    started = time.perf_counter()
+    stages = {"pbt": pbt_stage, "grid": grid_stage, "one_cycle": one_cycle_stage}
+    failed = sum(stages[arm](config, space) for arm in arms)
+    if len(arms) > 1:
+        compare_stage(config.experiment_dir)
+        print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "
+              f"View: tensorboard --logdir {_shown(config.experiment_dir / 'tensorboard')}")
+    return 0 if not failed else 1
 
 
 def run_compare(args: argparse.Namespace) -> int:

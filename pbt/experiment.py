@@ -30,9 +30,10 @@ from pbt.launch import ensure_ray, run_grid, run_one_cycle, run_population
 from pbt.lineage import POLICY_LOG, build_lineage
 from pbt.records import ReportRecorder, member_label
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
-from pbt.space import SearchSpace
+from pbt.space import SearchSpace, space_from_dict
 
 TENSORBOARD = "tensorboard"
+JOB_FILE = "job.json"
 
 
 def check_storage(config: ExperimentConfig) -> None:
@@ -56,7 +57,7 @@ def check_fresh(folder: Path, arms: tuple[str, ...], overwrite: bool) -> None:
     if taken and not overwrite:
         raise PbtError(
             f"{folder} already holds results of {', '.join(taken)}; pass --overwrite to replace them, "
-            f"or give the experiment another name (name=...)"
+            f"give the experiment another name (name=...), or finish a cut-off run with `pbt resume {folder}`"
         )
     for arm in taken:
         shutil.rmtree(folder / arm)
@@ -70,6 +71,23 @@ def save_config(config: ExperimentConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=1))
     return folder
+
+
+def save_job(config: ExperimentConfig, arms: tuple[str, ...], space: SearchSpace) -> None:
+    """What `pbt resume` needs to finish the job: which arms, over which space."""
+    job = {"arms": list(arms), "space": space.to_dict()}
+    (config.experiment_dir / JOB_FILE).write_text(json.dumps(job, indent=1))
+
+
+def load_job(folder: Path) -> tuple[ExperimentConfig, tuple[str, ...], SearchSpace]:
+    """The config, arms and space of an experiment folder, pinned to where the folder is now."""
+    for name in ("config.json", JOB_FILE):
+        if not (folder / name).is_file():
+            raise PbtError(f"{str(folder / name)!r} does not exist; give a folder written by `pbt run`, `pbt pbt` or `pbt grid`")
+    config = ExperimentConfig.model_validate_json((folder / "config.json").read_text())
+    config = config.model_copy(update={"storage_path": str(folder.resolve().parent), "name": folder.resolve().name})
+    job = json.loads((folder / JOB_FILE).read_text())
+    return config, tuple(job["arms"]), space_from_dict(job["space"])
 
 
 def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRecorder:

@@ -129,6 +129,12 @@ def run_trials(
         tune.with_parameters(member_class, experiment=config),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
     )
+    path = folder.resolve() / arm
+    if tune.Tuner.can_restore(str(path)):
+        # The arm was cut off (`pbt resume`): Tune continues each unfinished trial from its last
+        # checkpoint and keeps the finished ones; the scheduler and callbacks come back from Tune's tuner.pkl.
+        log.info("resuming %s from %s", arm, path)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from ray import tune
 
@@ -73,6 +74,15 @@ class SearchSpace:
     def to_dict(self) -> dict[str, dict[str, float | bool]]:
         return {name: {"low": b.low, "high": b.high, "start_low": b.start, "log": b.log, "complement": b.complement}
                 for name, b in self.bounds.items()}
+
+
+def space_from_dict(bounds: dict[str, dict[str, Any]]) -> SearchSpace:
+    """The inverse of `SearchSpace.to_dict` (a resumed experiment reads its space from job.json)."""
+    def bound(d: dict[str, Any]) -> Bound:
+        start = d.get("start_low", d["low"])
+        return Bound(d["low"], d["high"], d["log"], d.get("complement", False), None if start == d["low"] else start)
+
+    return SearchSpace(**{name: bound(values) for name, values in bounds.items()})
 
 
 def search_space(config: ExperimentConfig, sweep: RangeSweep | None) -> SearchSpace:
