@@ -134,7 +134,8 @@ def run_trials(
         # The arm was cut off (`pbt resume`): Tune continues each unfinished trial from its last
         # checkpoint and keeps the finished ones; the scheduler and callbacks come back from Tune's tuner.pkl.
         log.info("resuming %s from %s", arm, path)
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+        return _fit_with_retries(tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                                    resume_errored=True), path, trainable)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -155,7 +156,23 @@ def run_trials(
             verbose=0,
         ),
     )
-    return tuner.fit()
+    return _fit_with_retries(tuner, path, trainable)
+
+
+def _fit_with_retries(tuner: tune.Tuner, path: Path, trainable: Any, rounds: int = 2) -> tune.ResultGrid:
+    """`fit()`, then resume errored trials from their checkpoints, up to `rounds` more times.
+
+    Tune's FailureConfig retries a trial whose actor died, but when a node dies while a trial has
+    two requests in flight (a step and a checkpoint), the second failure arrives after the retry
+    was scheduled and ends the trial for good. Restoring the experiment gives such trials back.
+    """
+    results = tuner.fit()
+    for _ in range(rounds):
+        if not results.errors:
+            break
+        log.warning("%d trial(s) of %s failed; resuming them from their last checkpoints", len(results.errors), path.name)
+        results = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+    return results
 
 
 def _point_value(points: list[dict[str, Any]], name: str, config: dict[str, Any]) -> Any:

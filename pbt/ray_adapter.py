@@ -83,6 +83,8 @@ class PBTMember(tune.Trainable):
             # Budget is counted from these, never from training_iteration, which a clone inherits.
             "epochs_executed": int(executed),
             "compute_seconds": seconds,
+            # Several Ray nodes can share a host (and an IP): name the node itself.
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
         }
 
     def _start_fresh(self) -> None:

@@ -92,6 +92,7 @@ def to_record(arm: str, label: str, result: dict[str, Any], wall_seconds: float)
         "epochs_executed": result.get("epochs_executed", 1),
         "compute_seconds": result.get("compute_seconds", result.get("time_this_iter_s", 0.0)),
         "diverged": bool(result.get("diverged", False)),
+        "node_id": result.get("node_id"),
     }
     for name in (*METRICS, *HYPERPARAMS):
         value = result.get(name)

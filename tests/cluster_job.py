@@ -1,0 +1,85 @@
+"""A PBT run on a real multi-node Ray cluster on this machine (a head and two worker nodes).
+
+Run by test_cluster.py in its own process, because a test session keeps one Ray instance of its
+own. With `--remove-after N`, one worker node is removed after N reports, mid-run.
+
+    python tests/cluster_job.py OUT_DIR [--remove-after N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.cluster_utils import Cluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+import synthetic  # noqa: E402
+from pbt.config import validate_config  # noqa: E402
+from pbt.launch import run_population  # noqa: E402
+from pbt.records import ReportRecorder, read_reports  # noqa: E402
+from pbt.space import search_space  # noqa: E402
+
+EPOCHS = 12
+
+
+class RemoveNodeAfter(tune.Callback):
+    """After `reports` results, removes the worker node the next reporting member runs on."""
+
+    def __init__(self, cluster: Cluster, workers: list, reports: int) -> None:
+        self.cluster, self.workers, self.left = cluster, workers, reports
+        self.removed_node_id: str | None = None
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into tuner.pkl; the live cluster handle stays in this process.
+        return {"cluster": None, "workers": [], "left": -1, "removed_node_id": self.removed_node_id}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.left -= 1
+        if self.left > 0 or self.removed_node_id is not None:
+            return
+        busy = [node for node in self.workers if node.node_id == result.get("node_id")]
+        if busy:  # a node with a member on it, mid-step
+            self.removed_node_id = busy[0].node_id
+            self.cluster.remove_node(busy[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--remove-after", type=int, default=0)
+    args = parser.parse_args()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        config = validate_config({
+            "name": "cluster",
+            "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer",
+            "trainer": {"samples": 16384},
+            "search": {"lr": {"low": 0.05, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
+            "population": {"size": 6, "epochs": EPOCHS, "perturbation_interval": 2},
+        })
+        remover = RemoveNodeAfter(cluster, workers, args.remove_after) if args.remove_after else None
+        callbacks = [ReportRecorder("pbt", args.out / "records"), *([remover] if remover else [])]
+        grid = run_population(config, search_space(config, None), args.out, callbacks=callbacks)
+        nodes = {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}
+        (args.out / "result.json").write_text(json.dumps({
+            "errors": [str(e) for e in grid.errors],
+            "final_epochs": sorted(r.metrics["training_iteration"] for r in grid),
+            "nodes": nodes,
+            "removed": remover.removed_node_id if remover else None,
+            "reports": read_reports(args.out / "records"),
+        }))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
