@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import tempfile
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,10 +42,44 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **_QUIET)
         return
     check_address(address)
-    try:
-        ray.init(address=address, **_QUIET)
-    except ConnectionError as err:
-        raise PbtError(f"cannot connect to the Ray cluster at {address!r}: {str(err).splitlines()[0]}") from None
+    with _stderr_captured() as captured:
+        try:
+            ray.init(address=address, **_QUIET)
+            failure = None
+        except ConnectionError as err:
+            failure = str(err).splitlines()[0]
+    if failure is None:
+        sys.stderr.write(captured[0])  # nothing hidden when the connection worked
+        return
+    if "InvalidAuthToken" in captured[0]:
+        raise PbtError(
+            f"the Ray cluster at {address!r} requires an authentication token and this machine has none it accepts "
+            "(Ray 2.60 turns token authentication on for `ray start --head`); copy the head node's "
+            "~/.ray/auth_token to this machine's ~/.ray/auth_token, or set RAY_AUTH_TOKEN, and set RAY_AUTH_MODE=token"
+        )
+    raise PbtError(f"cannot connect to the Ray cluster at {address!r}: {failure}")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Send this process's file descriptor 2 to a temporary file; its text is in the list after the block.
+
+    Ray's C++ client retries for seconds and logs each attempt there, which would bury the one
+    line that says what is wrong.
+    """
+    sys.stderr.flush()
+    text: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text.append(sink.read())
 
 
 _QUIET = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False}

@@ -21,6 +21,7 @@ CASES = [
     ("unknown top-level key", "pbt", {"populaton": {}}, [], "populaton: unknown key; did you mean 'population'?"),
     ("misspelt nested key", "pbt", {}, ["population.siz=8"], "population.siz: unknown key; did you mean 'size'?"),
     ("misspelt trainer key", "run", {}, ["trainer.optimzer=adam"], "trainer.optimzer: unknown key; did you mean 'optimizer'?"),
+    ("override after an option", "pbt", {}, ["--overwrite", "population.size=1"], "population.size: Input should be greater than or equal to 2"),
     ("wrong type", "pbt", {}, ["population.size=many"], "population.size: Input should be a valid integer"),
     ("population under 2", "pbt", {}, ["population.size=1"], "population.size: Input should be greater than or equal to 2, but got 1"),
     ("quantile zero", "pbt", {}, ["population.quantile_fraction=0"], "population.quantile_fraction: Input should be greater than 0"),
