@@ -65,38 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pbt", description="Population-based training of PyTorch models on Ray Tune."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    lr_find = commands.add_parser(
-        "lr-find",
-        help="run the LR range test and write lr_range.json, lr_range.png and TensorBoard data",
-        description="Run the LR range test (Smith) on the configured trainer: at most one epoch "
-        "with an exponentially growing learning rate. Prints the range and writes it to the experiment folder.",
-    )
-    _add_config_arguments(lr_find)
-    lr_find.set_defaults(handler=run_lr_find)
-    main_job = commands.add_parser(
-        "run",
-        help="the main job: range test, PBT, grid and one-cycle baselines, then the comparison",
-        description="Run everything in one experiment folder: the LR range test, PBT, the grid search and "
-        "the one-cycle run for the same compute, then `pbt compare` on the folder.",
-    )
-    _add_config_arguments(main_job, overwrite=True)
-    main_job.set_defaults(handler=run_main_job)
-    population = commands.add_parser(
-        "pbt",
-        help="run population-based training on Ray Tune (after the range test, unless search.lr is given)",
-        description="Seed a population inside the LR range test's range and train it with Ray Tune's "
-        "PopulationBasedTraining; writes lineage.json and prints the best member's schedule.",
-    )
-    _add_config_arguments(population, overwrite=True)
-    population.set_defaults(handler=run_pbt)
-    grid = commands.add_parser(
-        "grid",
-        help="run the grid-search baseline over the same space and budget as the population",
-        description="Train every point of a grid over lr x momentum x weight decay (values from the range test "
-        "unless listed under grid:), as many points as the population has members, each for the same epochs.",
-    )
-    _add_config_arguments(grid, overwrite=True)
-    grid.set_defaults(handler=run_grid)
+    # name, handler, help, description, whether it replaces earlier results on --overwrite
+    config_commands = [
+        ("lr-find", run_lr_find, "run the LR range test and write lr_range.json, lr_range.png and TensorBoard data",
+         "Run the LR range test (Smith) on the configured trainer: at most one epoch with an exponentially "
+         "growing learning rate. Prints the range and writes it to the experiment folder.", False),
+        ("run", run_main_job, "the main job: range test, PBT, grid and one-cycle baselines, then the comparison",
+         "Run everything in one experiment folder: the LR range test, PBT, the grid search and the one-cycle "
+         "run for the same compute, then `pbt compare` on the folder.", True),
+        ("pbt", run_pbt, "run population-based training on Ray Tune (after the range test, unless search.lr is given)",
+         "Seed a population inside the LR range test's range and train it with Ray Tune's "
+         "PopulationBasedTraining; writes lineage.json and prints the best member's schedule.", True),
+        ("grid", run_grid, "run the grid-search baseline over the same space and budget as the population",
+         "Train every point of a grid over lr x momentum x weight decay (values from the range test unless "
+         "listed under grid:), as many points as the population has members, each for the same epochs.", True),
+    ]
+    for name, handler, summary, description, overwrite in config_commands:
+        command = commands.add_parser(name, help=summary, description=description)
+        _add_config_arguments(command, overwrite)
+        command.set_defaults(handler=handler)
     compare = commands.add_parser(
         "compare",
         help="compare the arms of experiment folders: table, summary.json, plots, TensorBoard runs",
@@ -142,16 +129,22 @@ def load_checked(args: argparse.Namespace) -> ExperimentConfig:
     from pbt.registry import resolve_trainer, trainer_settings
 
     from pbt.experiment import check_storage
-    from pbt.launch import check_address, ensure_ray
 
     config = load_config(args.config, args.overrides)
     trainer_settings(resolve_trainer(config.trainable), config.trainer)
     check_storage(config)
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:  # a cluster that cannot be reached fails here, before anything is written
+    connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
+    return config
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` or `RAY_ADDRESS` now, if one is named; else Ray starts locally when needed."""
+    from pbt.launch import check_address, ensure_ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
         check_address(address)
         ensure_ray(address=address)
-    return config
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
@@ -195,13 +188,9 @@ def run_grid(args: argparse.Namespace) -> int:
 
 def run_resume(args: argparse.Namespace) -> int:
     from pbt.experiment import load_job
-    from pbt.launch import check_address, ensure_ray
 
     config, arms, space = load_job(Path(args.folder))
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_address(address)
-        ensure_ray(address=address)
+    connect(args.address)
     print(f"Resuming {_shown(config.experiment_dir)}: {', '.join(arms)} (finished runs are kept, "
           "unfinished ones continue from their last checkpoint)")
     return run_arms(config, space, arms)
