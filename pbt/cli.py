@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("folders", nargs="+", metavar="DIR", help="experiment folders written by `pbt run`")
     compare.add_argument("--target", type=float, default=None,
-                         help="validation accuracy to time (default: compare.target_val_acc, else the grid's best)")
+                         help="validation accuracy to time (default: compare.target_val_acc, else the grid's final best)")
     compare.set_defaults(handler=run_compare)
     resume = commands.add_parser(
         "resume",

@@ -197,8 +197,8 @@ def run_trials(
     return _fit_with_retries(tuner, path, trainable)
 
 
-def _fit_with_retries(tuner: tune.Tuner, path: Path, trainable: Any, rounds: int = 2) -> tune.ResultGrid:
-    """`fit()`, then resume errored trials from their checkpoints, up to `rounds` more times.
+def _fit_with_retries(tuner: tune.Tuner, path: Path, trainable: Any, rounds: int = 1) -> tune.ResultGrid:
+    """`fit()`, then resume errored trials from their checkpoints, `rounds` more times at most.
 
     Tune's FailureConfig retries a trial whose actor died, but when a node dies while a trial has
     two requests in flight (a step and a checkpoint), the second failure arrives after the retry
