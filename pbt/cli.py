@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pbt.config import ExperimentConfig, load_config
+from pbt.config import ExperimentConfig, load_config, load_saved_config, read_json
 from pbt.errors import PbtError
 from pbt.lr_range import RangeSweep
 from pbt.space import SearchSpace
@@ -333,11 +333,8 @@ def run_replay(args: argparse.Namespace) -> int:
     from pbt.lineage import replay
 
     folder = Path(args.folder)
-    for name in ("config.json", "lineage.json"):
-        if not (folder / name).is_file():
-            raise PbtError(f"{str(folder / name)!r} does not exist; give a folder written by `pbt pbt`")
-    config = ExperimentConfig.model_validate_json((folder / "config.json").read_text())
-    best = json.loads((folder / "lineage.json").read_text())["best"]
+    config = load_saved_config(folder)
+    best = read_json(folder / "lineage.json")["best"]
     schedule = best["schedule"]
     print(f"Replaying member {best['member']}'s schedule: {len(schedule)} epochs from scratch, one run")
     records = replay(config, schedule, on_epoch=lambda i, n, m: print(

@@ -7,6 +7,7 @@ Every validation failure becomes one `PbtError` line naming the dotted key and t
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for override in overrides:
         apply_override(raw, override)
     return validate_config(raw)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of an experiment folder; a one-line `PbtError` when it is missing or damaged."""
+    if not path.is_file():
+        raise PbtError(f"{str(path)!r} does not exist; give a folder written by `pbt run`, `pbt pbt` or `pbt grid`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PbtError(f"{str(path)!r} is damaged, it is not JSON ({err}); run the experiment again") from None
+
+
+def load_saved_config(folder: Path) -> ExperimentConfig:
+    """The `config.json` an experiment folder was run with."""
+    raw = read_json(folder / "config.json")
+    try:
+        return validate_config(raw if isinstance(raw, dict) else {"config.json": raw})
+    except PbtError as err:
+        raise PbtError(f"{str(folder / 'config.json')!r} is not a pbt experiment config: {err}") from None
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:

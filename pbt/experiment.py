@@ -23,11 +23,12 @@ import matplotlib.pyplot as plt
 from ray import tune
 
 from pbt.compare import ARM_TITLES, compare_arms, load_arms
-from pbt.config import ExperimentConfig
+from pbt.config import ExperimentConfig, load_saved_config, read_json
 from pbt.errors import PbtError
 from pbt.grid import grid_axes, grid_points, point_label
 from pbt.launch import ensure_ray, run_grid, run_one_cycle, run_population
 from pbt.lineage import POLICY_LOG, build_lineage
+from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
 from pbt.space import SearchSpace, space_from_dict
@@ -81,13 +82,24 @@ def save_job(config: ExperimentConfig, arms: tuple[str, ...], space: SearchSpace
 
 def load_job(folder: Path) -> tuple[ExperimentConfig, tuple[str, ...], SearchSpace]:
     """The config, arms and space of an experiment folder, pinned to where the folder is now."""
-    for name in ("config.json", JOB_FILE):
-        if not (folder / name).is_file():
-            raise PbtError(f"{str(folder / name)!r} does not exist; give a folder written by `pbt run`, `pbt pbt` or `pbt grid`")
-    config = ExperimentConfig.model_validate_json((folder / "config.json").read_text())
+    config = load_saved_config(folder)
     config = config.model_copy(update={"storage_path": str(folder.resolve().parent), "name": folder.resolve().name})
-    job = json.loads((folder / JOB_FILE).read_text())
-    return config, tuple(job["arms"]), space_from_dict(job["space"])
+    job = read_json(folder / JOB_FILE)
+    try:
+        arms, space = tuple(job["arms"]), space_from_dict(job["space"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PbtError(f"{str(folder / JOB_FILE)!r} is damaged ({err!r}); run the experiment again") from None
+    verify_checkpoints(folder, arms)
+    return config, arms, space
+
+
+def verify_checkpoints(folder: Path, arms: tuple[str, ...]) -> None:
+    """Read the latest checkpoint of every run (weights only: no pickled code runs) before resuming from it."""
+    for arm in arms:
+        for trial in sorted((folder / arm).glob("*/")):
+            checkpoints = sorted(trial.glob("checkpoint_*"))
+            if checkpoints:
+                load_member_state(checkpoints[-1])
 
 
 def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRecorder:
@@ -144,7 +156,7 @@ def compare_folder(folder: Path, target: float | None = None, out: Path | None =
     if not arms:
         raise PbtError(f"{folder} holds no results of pbt, grid or one_cycle; give a folder written by `pbt run`")
     if target is None and (folder / "config.json").is_file():
-        target = ExperimentConfig.model_validate_json((folder / "config.json").read_text()).compare.target_val_acc
+        target = load_saved_config(folder).compare.target_val_acc
     summary = compare_arms(arms, target)
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ trained, so the best member's full schedule survives any number of exploits.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from ray import tune
 
 from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.registry import build_trainer, pick_device
 from pbt.trainer import Trainer
@@ -114,5 +116,17 @@ class PBTMember(tune.Trainable):
 
 
 def load_member_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A member checkpoint, read without running any pickled code."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=device, weights_only=True)
+    """A member checkpoint, read without running any pickled code (`weights_only=True`)."""
+    path = Path(checkpoint_dir) / STATE_FILE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise PbtError(f"checkpoint {str(path)!r} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise PbtError(
+            f"checkpoint {str(path)!r} is damaged or not a pbt checkpoint, so it was not loaded "
+            f"({str(err).splitlines()[0][:160]})"
+        ) from None
+    if not isinstance(state, dict) or not {"trainer", "history", "diverged"} <= set(state):
+        raise PbtError(f"checkpoint {str(path)!r} is not a pbt member checkpoint (it lacks trainer, history or diverged)")
+    return state

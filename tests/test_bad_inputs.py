@@ -7,6 +7,7 @@ printed and that no experiment folder was created.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,61 @@ def _write_config(tmp_path: Path, config, storage: Path) -> Path:
         merged["trainable"] = f"{module}:{'Model' if merged['trainable'] == 'INCOMPLETE' else 'Nope'}"
     path.write_text(yaml.safe_dump(merged))
     return path
+
+
+class Payload:
+    """What a foreign pickle could carry: code that runs when it is unpickled (here: it touches a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+FOLDER_CASES = [
+    ("no job record", "resume", "no_job", "job.json' does not exist; give a folder written by `pbt run`"),
+    ("config.json is not JSON", "resume", "config_garbage", "config.json' is damaged, it is not JSON"),
+    ("config.json of something else", "resume", "config_foreign", "is not a pbt experiment config: foo: unknown key"),
+    ("checkpoint with pickled code", "resume", "checkpoint_code", "is damaged or not a pbt checkpoint, so it was not loaded"),
+    ("truncated checkpoint", "resume", "checkpoint_truncated", "is damaged or not a pbt checkpoint, so it was not loaded"),
+    ("checkpoint of something else", "resume", "checkpoint_foreign", "is not a pbt member checkpoint"),
+    ("lineage.json is not JSON", "replay", "lineage_garbage", "lineage.json' is damaged, it is not JSON"),
+]
+
+
+@pytest.mark.parametrize("command, damage, fragment", [c[1:] for c in FOLDER_CASES], ids=[c[0] for c in FOLDER_CASES])
+def test_a_damaged_or_foreign_experiment_folder_is_refused_without_running_its_code(tmp_path, capsys, command, damage, fragment):
+    import torch
+
+    from pbt.config import validate_config
+    from pbt.space import Bound, SearchSpace
+
+    folder = tmp_path / "results" / "bad"
+    checkpoint = folder / "pbt" / "PBTMember_00000" / "checkpoint_000004"
+    checkpoint.mkdir(parents=True)
+    (folder / "config.json").write_text(validate_config({**GOOD, "storage_path": str(tmp_path / "results")}).model_dump_json())
+    space = SearchSpace(Bound(0.01, 0.1, True), Bound(0.85, 0.95, False, True), Bound(1e-5, 1e-3, True))
+    (folder / "job.json").write_text(json.dumps({"arms": ["pbt"], "space": space.to_dict()}))
+    (folder / "lineage.json").write_text(json.dumps({"best": {"schedule": []}}))
+    torch.save({"trainer": {}, "history": [], "diverged": False}, checkpoint / "member.pt")
+    marker = tmp_path / "code-ran"
+    damages = {
+        "no_job": lambda: (folder / "job.json").unlink(),
+        "config_garbage": lambda: (folder / "config.json").write_text("{not json"),
+        "config_foreign": lambda: (folder / "config.json").write_text('{"foo": 1}'),
+        "checkpoint_code": lambda: torch.save({"trainer": Payload(marker), "history": [], "diverged": False},
+                                              checkpoint / "member.pt"),
+        "checkpoint_truncated": lambda: (checkpoint / "member.pt").write_bytes((checkpoint / "member.pt").read_bytes()[:100]),
+        "checkpoint_foreign": lambda: torch.save({"weights": torch.zeros(3)}, checkpoint / "member.pt"),
+        "lineage_garbage": lambda: (folder / "lineage.json").write_text("]"),
+    }
+    damages[damage]()
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code = main([command, str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err, err
+    assert err.startswith("pbt: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not marker.exists(), "no pickled code ran"
+    assert sorted(p for p in tmp_path.rglob("*")) == before, "nothing was written"
