@@ -128,23 +128,29 @@ def load_checked(args: argparse.Namespace) -> ExperimentConfig:
     """The config, its trainer section, its storage and its cluster checked: fail before anything starts."""
     from pbt.registry import resolve_trainer, trainer_settings
 
-    from pbt.experiment import check_storage
+    from pbt.experiment import check_cluster_storage, check_storage
 
     config = load_config(args.config, args.overrides)
     trainer_settings(resolve_trainer(config.trainable), config.trainer)
     check_storage(config)
-    connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
+    hosts = connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
+    check_cluster_storage(config, hosts)
     return config
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` or `RAY_ADDRESS` now, if one is named; else Ray starts locally when needed."""
+def connect(address: str | None) -> int:
+    """Join the cluster at `address` or `RAY_ADDRESS` now, if one is named (else Ray starts locally
+    when needed); returns how many machines the cluster spans (1 without one)."""
+    import ray
+
     from pbt.launch import check_address, ensure_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_address(address)
-        ensure_ray(address=address)
+    if not address:
+        return 1
+    check_address(address)
+    ensure_ray(address=address)
+    return len({node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]})
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
@@ -187,10 +193,10 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from pbt.experiment import load_job
+    from pbt.experiment import check_cluster_storage, load_job
 
     config, arms, space = load_job(Path(args.folder))
-    connect(args.address)
+    check_cluster_storage(config, connect(args.address))
     print(f"Resuming {_shown(config.experiment_dir)}: {', '.join(arms)} (finished runs are kept, "
           "unfinished ones continue from their last checkpoint)")
     return run_arms(config, space, arms)

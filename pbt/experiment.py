@@ -52,6 +52,49 @@ def check_storage(config: ExperimentConfig) -> None:
         ) from None
 
 
+# File systems that live on one machine: on a cluster of several, other nodes cannot see them.
+NODE_LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "tmpfs", "ramfs", "overlay", "vfat"}
+
+
+def check_cluster_storage(config: ExperimentConfig, hosts: int, mounts: str | None = None) -> None:
+    """On a cluster spanning several machines, refuse a storage path on a node-local file system.
+
+    Every member writes its checkpoints under `storage_path` from whichever node it runs on, and
+    clones read their donors' checkpoints from there: a folder only one machine sees would lose
+    them. `mounts` is the text of /proc/mounts (read when not given).
+    """
+    if hosts <= 1:
+        return
+    existing = next(p for p in (config.experiment_dir, *config.experiment_dir.parents) if p.exists())
+    fs_type = file_system_type(existing, mounts if mounts is not None else _read_mounts())
+    if fs_type in NODE_LOCAL_FILE_SYSTEMS:
+        raise PbtError(
+            f"storage_path: {str(existing)!r} is on a node-local file system ({fs_type}), but the cluster spans "
+            f"{hosts} machines and every node writes checkpoints there; mount a shared file system (e.g. NFS) "
+            f"at the same path on every node and point storage_path at it"
+        )
+
+
+def file_system_type(path: Path, mounts: str) -> str | None:
+    """The type of the file system `path` is on, from /proc/mounts text (the longest matching mount point)."""
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+            best, best_type = mount_point, fields[2]
+    return best_type
+
+
+def _read_mounts() -> str:
+    try:
+        return Path("/proc/mounts").read_text()
+    except OSError:  # not Linux: nothing to go by
+        return ""
+
+
 def check_fresh(folder: Path, arms: tuple[str, ...], overwrite: bool) -> None:
     """Refuse to mix a new run into an arm's old results; with `overwrite`, clear them first."""
     taken = [arm for arm in arms if (folder / arm).exists()]
