@@ -215,5 +215,7 @@ def compare_folder(folder: Path, target: float | None = None, out: Path | None =
     ):
         figure.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(figure)
+    # Rewritten, not appended to: a second `pbt compare` must not draw every curve twice.
+    shutil.rmtree(out / TENSORBOARD / "compare", ignore_errors=True)
     write_comparison_runs(arms, out / TENSORBOARD)
     return summary

@@ -150,3 +150,11 @@ def test_a_second_run_refuses_to_mix_with_the_first(finished, experiment, capsys
     _, config = experiment
     assert main(["run", str(config)]) == 2
     assert "already holds results of pbt, grid, one_cycle; pass --overwrite" in capsys.readouterr().err
+
+
+def test_comparing_again_rewrites_the_comparison_runs(finished, capsys):
+    _, folder, _ = finished
+    assert main(["compare", str(folder)]) == 0
+    assert "Comparison of" in capsys.readouterr().out
+    for arm in ("pbt", "grid", "one_cycle"):
+        assert len(list((folder / "tensorboard" / "compare" / arm).glob("events.out.tfevents.*"))) == 1
