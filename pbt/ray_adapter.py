@@ -40,6 +40,8 @@ class PBTMember(tune.Trainable):
         self.history: list[dict[str, Any]] = []
         self.diverged = False
         self.fresh = False  # set when an actor is reused for a new trial; see reset_config
+        # Several Ray nodes can share a host (and an IP): reports name the node itself.
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def _new_trainer(self, config: dict[str, Any]) -> Trainer:
         experiment = self.experiment
@@ -85,8 +87,7 @@ class PBTMember(tune.Trainable):
             # Budget is counted from these, never from training_iteration, which a clone inherits.
             "epochs_executed": int(executed),
             "compute_seconds": seconds,
-            # Several Ray nodes can share a host (and an IP): name the node itself.
-            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+            "node_id": self.node_id,
         }
 
     def _start_fresh(self) -> None:

@@ -29,7 +29,6 @@ from pbt.optim import HYPERPARAMS  # noqa: E402
 from pbt.records import read_reports  # noqa: E402
 
 ARM_COLORS = {"pbt": "tab:blue", "grid": "tab:orange", "one_cycle": "tab:green"}
-HPARAM_METRICS = ("final/val_acc", "final/test_acc", "final/best_val_acc")
 
 
 def format_table(summary: dict[str, Any]) -> str:
