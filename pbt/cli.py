@@ -14,11 +14,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pbt.config import ExperimentConfig, load_config, load_saved_config, read_json
 from pbt.errors import PbtError
 from pbt.lr_range import RangeSweep
 from pbt.space import SearchSpace
+
+if TYPE_CHECKING:
+    from pbt.storage import Storage
 
 EXIT_USAGE = 2
 
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the arms (pbt, grid, one_cycle) of each DIR and report accuracy against compute, the "
         "test accuracy of the run chosen by validation, compute to a target accuracy, and PBT's schedule.",
     )
-    compare.add_argument("folders", nargs="+", metavar="DIR", help="experiment folders written by `pbt run`")
+    compare.add_argument("folders", nargs="+", metavar="DIR", help="experiment folders written by `pbt run` (or their URIs, e.g. s3://bucket/results/mnist1d)")
     compare.add_argument("--target", type=float, default=None,
                          help="validation accuracy to time (default: compare.target_val_acc, else the grid's final best)")
     compare.set_defaults(handler=run_compare)
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue the job recorded in DIR (job.json): finished runs are kept, unfinished ones "
         "continue from their last checkpoint (Tuner.restore), arms not yet started run, then the comparison.",
     )
-    resume.add_argument("folder", metavar="DIR", help="an experiment folder written by `pbt run`, `pbt pbt` or `pbt grid`")
+    resume.add_argument("folder", metavar="DIR", help="an experiment folder (or URI) written by `pbt run`, `pbt pbt` or `pbt grid`")
     resume.add_argument("--address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS, else local)")
     resume.set_defaults(handler=run_resume)
     replay = commands.add_parser(
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain the best PBT member's schedule from scratch as one run",
         description="Read DIR/lineage.json and train one fresh model through the best member's schedule.",
     )
-    replay.add_argument("folder", metavar="DIR", help="an experiment folder written by `pbt pbt`")
+    replay.add_argument("folder", metavar="DIR", help="an experiment folder (or URI) written by `pbt pbt`")
     replay.set_defaults(handler=run_replay)
     return parser
 
@@ -135,6 +139,7 @@ def load_checked(args: argparse.Namespace) -> ExperimentConfig:
     check_storage(config)
     hosts = connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
     check_cluster_storage(config, hosts)
+    config.storage.sync_down()  # a URI's earlier results, e.g. the pbt arm a later `pbt grid` is compared with
     return config
 
 
@@ -156,6 +161,7 @@ def connect(address: str | None) -> int:
 def run_lr_find(args: argparse.Namespace) -> int:
     config = load_checked(args)
     range_test(config)
+    _upload(config.storage)
     return 0
 
 
@@ -195,9 +201,9 @@ def run_grid(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from pbt.experiment import check_cluster_storage, load_job
 
-    config, arms, space = load_job(Path(args.folder))
+    config, arms, space = load_job(args.folder)
     check_cluster_storage(config, connect(args.address))
-    print(f"Resuming {_shown(config.experiment_dir)}: {', '.join(arms)} (finished runs are kept, "
+    print(f"Resuming {_where(config.storage)}: {', '.join(arms)} (finished runs are kept, "
           "unfinished ones continue from their last checkpoint)")
     return run_arms(config, space, arms)
 
@@ -206,26 +212,35 @@ def start_job(config: ExperimentConfig, arms: tuple[str, ...], overwrite: bool) 
     """Check the folder, run the range test, then the arms (and the comparison when there are several)."""
     from pbt.experiment import check_fresh, save_job
 
-    check_fresh(config.experiment_dir, arms, overwrite)
+    check_fresh(config.storage, arms, overwrite)
     space = prepare_space(config)
     save_job(config, arms, space)
+    config.storage.sync_up()
     return run_arms(config, space, arms)
 
 
 def run_arms(config: ExperimentConfig, space: SearchSpace, arms: tuple[str, ...]) -> int:
     started = time.perf_counter()
     stages = {"pbt": pbt_stage, "grid": grid_stage, "one_cycle": one_cycle_stage}
-    failed = sum(stages[arm](config, space) for arm in arms)
+    failed = 0
+    for arm in arms:
+        failed += stages[arm](config, space)
+        config.storage.sync_up()
     if len(arms) > 1:
         compare_stage(config.experiment_dir)
         print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "
               f"View: tensorboard --logdir {_shown(config.experiment_dir / 'tensorboard')}")
+    _upload(config.storage)
     return 0 if not failed else 1
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    for folder in args.folders:
-        compare_stage(Path(folder), args.target)
+    from pbt.experiment import open_experiment
+
+    for location in args.folders:
+        storage = open_experiment(location)
+        compare_stage(storage.local, args.target)
+        _upload(storage)
     return 0
 
 
@@ -262,9 +277,8 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     print(f"{len(lineage['exploits'])} exploits in all; the best member's schedule:\n")
     print(format_schedule(best["schedule"]))
     _print_errors("member", errors)
-    folder = config.experiment_dir
-    print(f"\nWrote {_shown(folder / 'lineage.json')}   (replay it: pbt replay {_shown(folder)})")
-    print(f"      {_shown(folder / 'pbt')}   (Ray Tune's trial folders and reports.jsonl)")
+    print(f"\nWrote {_shown(config.experiment_dir / 'lineage.json')}   (replay it: pbt replay {_where(config.storage)})")
+    print(f"      {_where(config.storage, 'pbt')}   (Ray Tune's trial folders and checkpoints)")
     return len(errors)
 
 
@@ -330,15 +344,25 @@ def compare_stage(folder: Path, target: float | None = None) -> None:
     print(f"      {_shown(Path(files['schedule_plot']))}\n      {_shown(Path(files['tensorboard']))}/compare")
 
 
+def _upload(storage: Storage) -> None:
+    """For a URI storage: upload what changed, and say where it went (the paths printed are the local copy)."""
+    if storage.remote:
+        storage.sync_up()
+        print(f"\nUploaded to {storage.uri} (trial folders and checkpoints went there directly; "
+              f"the files printed above are its local copy in {storage.local})")
+
+
 def _print_errors(what: str, errors: list) -> None:
     if errors:
         print(f"\n{len(errors)} {what}(s) failed; the first: {errors[0]}")
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from pbt.experiment import open_experiment
     from pbt.lineage import replay
 
-    folder = Path(args.folder)
+    storage = open_experiment(args.folder)
+    folder = storage.local
     config = load_saved_config(folder)
     best = read_json(folder / "lineage.json")["best"]
     schedule = best["schedule"]
@@ -352,6 +376,7 @@ def run_replay(args: argparse.Namespace) -> int:
     print(f"{'diff':<10}{final['val_acc'] - best['final_val_acc']:>+9.4f}{final['test_acc'] - best['final_test_acc']:>+10.4f}")
     (folder / "replay.json").write_text(json.dumps({"member": best["member"], "epochs": records}, indent=1))
     print(f"\nWrote {_shown(folder / 'replay.json')}")
+    _upload(storage)
     return 0
 
 
@@ -405,6 +430,11 @@ class ProgressBar:
         if self.open_line:
             self.stream.write("\n")
             self.open_line = False
+
+
+def _where(storage: Storage, *parts: str) -> str:
+    """Where a user finds part of an experiment: its URI, or its folder as `_shown` gives it."""
+    return storage.shown(*parts) if storage.remote else _shown(storage.local.joinpath(*parts))
 
 
 def _shown(path: Path) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pbt.errors import PbtError
+
+if TYPE_CHECKING:
+    from pbt.storage import Storage
 
 
 class StrictModel(BaseModel):
@@ -218,7 +221,9 @@ class ExperimentConfig(StrictModel):
     trainable: str = Field("mnist1d", min_length=1, description="Registry name, module:Class or file.py:Class.")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to the trainer; validated by its schema.")
     seed: int = 0
-    storage_path: str = Field("results", description="Experiments are written to storage_path/name.")
+    storage_path: str = Field(
+        "results", description="Experiments are written to storage_path/name: a folder, or a URI such as s3://bucket/path."
+    )
     resources: Resources = Field(default_factory=Resources)
     lr_range: LRRangeConfig = Field(default_factory=LRRangeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -246,8 +251,16 @@ class ExperimentConfig(StrictModel):
         return spec
 
     @property
+    def storage(self) -> Storage:
+        """Where the experiment lives (a folder or a URI); its driver files are in `experiment_dir`."""
+        from pbt.storage import Storage
+
+        return Storage(self.storage_path, self.name)
+
+    @property
     def experiment_dir(self) -> Path:
-        return Path(self.storage_path).expanduser().resolve() / self.name
+        """The local folder of the driver's files: the experiment folder, or the staging copy of a URI's."""
+        return self.storage.local
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

@@ -1,6 +1,6 @@
 """One experiment folder, arm by arm: the search space, PBT, the grid and one-cycle baselines, the comparison.
 
-Layout of `<storage_path>/<name>/`:
+Layout of `<storage_path>/<name>/` (a folder, or a URI with a local staging copy: see `pbt.storage`):
 
     config.json            the validated config every arm ran with
     lr_range.json/.png     the range test (when it ran)
@@ -25,20 +25,24 @@ from ray import tune
 from pbt.compare import ARM_TITLES, compare_arms, load_arms
 from pbt.config import ExperimentConfig, load_saved_config, read_json
 from pbt.errors import PbtError
-from pbt.grid import grid_axes, grid_points, point_label
+from pbt.grid import AXES_FILE, grid_axes, grid_points, point_label
 from pbt.launch import ensure_ray, run_grid, run_one_cycle, run_population
 from pbt.lineage import POLICY_LOG, build_lineage
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
 from pbt.space import SearchSpace, space_from_dict
+from pbt.storage import TENSORBOARD, PeriodicUpload, Storage, split_experiment
 
-TENSORBOARD = "tensorboard"
 JOB_FILE = "job.json"
 
 
 def check_storage(config: ExperimentConfig) -> None:
-    """The experiment folder can be created and written: checked on its nearest existing ancestor."""
+    """The experiment folder can be created and written: checked on its nearest existing ancestor
+    (for a URI: by writing a file there)."""
+    if config.storage.remote:
+        config.storage.check_writable()
+        return
     folder = config.experiment_dir
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
@@ -63,7 +67,7 @@ def check_cluster_storage(config: ExperimentConfig, hosts: int, mounts: str | No
     clones read their donors' checkpoints from there: a folder only one machine sees would lose
     them. `mounts` is the text of /proc/mounts (read when not given).
     """
-    if hosts <= 1:
+    if hosts <= 1 or config.storage.remote:
         return
     existing = next(p for p in (config.experiment_dir, *config.experiment_dir.parents) if p.exists())
     fs_type = file_system_type(existing, mounts if mounts is not None else _read_mounts())
@@ -95,19 +99,19 @@ def _read_mounts() -> str:
         return ""
 
 
-def check_fresh(folder: Path, arms: tuple[str, ...], overwrite: bool) -> None:
+def check_fresh(storage: Storage, arms: tuple[str, ...], overwrite: bool) -> None:
     """Refuse to mix a new run into an arm's old results; with `overwrite`, clear them first."""
-    taken = [arm for arm in arms if (folder / arm).exists()]
+    taken = [arm for arm in arms if storage.exists(arm)]
     if taken and not overwrite:
         raise PbtError(
-            f"{folder} already holds results of {', '.join(taken)}; pass --overwrite to replace them, "
-            f"give the experiment another name (name=...), or finish a cut-off run with `pbt resume {folder}`"
+            f"{storage.shown()} already holds results of {', '.join(taken)}; pass --overwrite to replace them, "
+            f"give the experiment another name (name=...), or finish a cut-off run with `pbt resume {storage.shown()}`"
         )
     for arm in taken:
-        shutil.rmtree(folder / arm)
-        shutil.rmtree(folder / TENSORBOARD / arm, ignore_errors=True)
+        storage.delete(arm)
+        storage.delete(f"{TENSORBOARD}/{arm}")
     if taken:
-        shutil.rmtree(folder / TENSORBOARD / "compare", ignore_errors=True)
+        storage.delete(f"{TENSORBOARD}/compare")
 
 
 def save_config(config: ExperimentConfig) -> Path:
@@ -123,26 +127,37 @@ def save_job(config: ExperimentConfig, arms: tuple[str, ...], space: SearchSpace
     (config.experiment_dir / JOB_FILE).write_text(json.dumps(job, indent=1))
 
 
-def load_job(folder: Path) -> tuple[ExperimentConfig, tuple[str, ...], SearchSpace]:
-    """The config, arms and space of an experiment folder, pinned to where the folder is now."""
+def load_job(location: str) -> tuple[ExperimentConfig, tuple[str, ...], SearchSpace]:
+    """The config, arms and space of an experiment (a folder or a URI), pinned to where it is now."""
+    storage = open_experiment(location)
+    folder = storage.local
     config = load_saved_config(folder)
-    config = config.model_copy(update={"storage_path": str(folder.resolve().parent), "name": folder.resolve().name})
+    config = config.model_copy(update={"storage_path": split_experiment(location)[0], "name": storage.local.name})
     job = read_json(folder / JOB_FILE)
     try:
         arms, space = tuple(job["arms"]), space_from_dict(job["space"])
     except (KeyError, TypeError, ValueError) as err:
         raise PbtError(f"{str(folder / JOB_FILE)!r} is damaged ({err!r}); run the experiment again") from None
-    verify_checkpoints(folder, arms)
+    verify_checkpoints(storage, arms)
     return config, arms, space
 
 
-def verify_checkpoints(folder: Path, arms: tuple[str, ...]) -> None:
+def open_experiment(location: str) -> Storage:
+    """An existing experiment: a folder, or a URI whose driver files are fetched to the local copy."""
+    storage = Storage(*split_experiment(location))
+    if storage.remote:
+        storage.sync_down()
+        if not (storage.local / "config.json").is_file():
+            raise PbtError(f"{location!r} holds no pbt experiment (no config.json); give storage_path/name of one")
+    return storage
+
+
+def verify_checkpoints(storage: Storage, arms: tuple[str, ...]) -> None:
     """Read the latest checkpoint of every run (weights only: no pickled code runs) before resuming from it."""
     for arm in arms:
-        for trial in sorted((folder / arm).glob("*/")):
-            checkpoints = sorted(trial.glob("checkpoint_*"))
-            if checkpoints:
-                load_member_state(checkpoints[-1])
+        for checkpoint in storage.latest_checkpoints(arm):
+            with storage.local_copy(checkpoint) as folder:
+                load_member_state(folder)
 
 
 def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRecorder:
@@ -150,12 +165,18 @@ def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRe
     return ReportRecorder(arm, folder / arm, label=label, tensorboard=folder / TENSORBOARD)
 
 
+def arm_callbacks(config: ExperimentConfig, arm: str, label=member_label) -> list[tune.Callback]:
+    """Every arm's own callbacks: its reports, and for a URI storage their upload as they grow."""
+    uploads = [PeriodicUpload(config.storage)] if config.storage.remote else []
+    return [recorder(config, arm, label), *uploads]
+
+
 def pbt_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
     """Run the population; write `lineage.json`. Returns the lineage and the failed members' errors."""
     folder = config.experiment_dir
     ensure_ray()
-    grid = run_population(config, space, folder, callbacks=[recorder(config, "pbt"), *callbacks])
-    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
+    grid = run_population(config, space, callbacks=[*arm_callbacks(config, "pbt"), *callbacks])
+    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
     lineage["space"] = space.to_dict()
     (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
     write_hparams(folder, "pbt", folder / TENSORBOARD)
@@ -167,9 +188,9 @@ def grid_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.
     folder = config.experiment_dir
     axes = grid_axes(config, space)
     (folder / "grid").mkdir(parents=True, exist_ok=True)
-    (folder / "grid" / "axes.json").write_text(json.dumps(axes, indent=1))
+    (folder / "grid" / AXES_FILE).write_text(json.dumps(axes, indent=1))
     ensure_ray()
-    results = run_grid(config, grid_points(axes), folder, callbacks=[recorder(config, "grid", point_label), *callbacks])
+    results = run_grid(config, grid_points(axes), callbacks=[*arm_callbacks(config, "grid", point_label), *callbacks])
     write_hparams(folder, "grid", folder / TENSORBOARD)
     return axes, list(results.errors)
 
@@ -188,7 +209,7 @@ def one_cycle_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[
     folder = config.experiment_dir
     start = one_cycle_start(config, space)
     ensure_ray()
-    results = run_one_cycle(config, start, folder, callbacks=[recorder(config, "one_cycle", lambda _: "run"), *callbacks])
+    results = run_one_cycle(config, start, callbacks=[*arm_callbacks(config, "one_cycle", lambda _: "run"), *callbacks])
     write_hparams(folder, "one_cycle", folder / TENSORBOARD)
     return start, list(results.errors)
 

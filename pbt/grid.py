@@ -16,6 +16,8 @@ import numpy as np
 from pbt.config import ExperimentConfig
 from pbt.space import SearchSpace
 
+AXES_FILE = "axes.json"  # in the grid's folder: the values of each axis
+
 
 def grid_axes(config: ExperimentConfig, space: SearchSpace) -> dict[str, list[Any]]:
     """The values of each axis: as configured, or derived from the search space."""

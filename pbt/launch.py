@@ -8,9 +8,8 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -119,37 +118,36 @@ def quiet_tune() -> None:
 def run_population(
     config: ExperimentConfig,
     space: SearchSpace,
-    folder: Path,
     callbacks: list[tune.Callback] | None = None,
     member_class: type[PBTMember] = PBTMember,
 ) -> tune.ResultGrid:
-    """PBT over `space` with Ray Tune; trial folders go to `folder/pbt`."""
+    """PBT over `space` with Ray Tune; trial folders go to `pbt/` of the experiment's storage."""
     population = config.population
     param_space = {
         "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
         **{name: bound.domain() for name, bound in space.bounds.items()},
     }
     scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed)
-    return run_trials(config, "pbt", member_class, param_space, folder, scheduler, callbacks)
+    return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks)
 
 
 def run_grid(
-    config: ExperimentConfig, points: list[dict[str, Any]], folder: Path, callbacks: list[tune.Callback] | None = None
+    config: ExperimentConfig, points: list[dict[str, Any]], callbacks: list[tune.Callback] | None = None
 ) -> tune.ResultGrid:
-    """Every grid point trained for `population.epochs` epochs; trial folders go to `folder/grid`."""
+    """Every grid point trained for `population.epochs` epochs; trial folders go to `grid/`."""
     param_space = {
         "member": tune.grid_search([point["member"] for point in points]),
         # Each point's values follow from its number; a product of grid_search axes could not be numbered.
         **{name: tune.sample_from(partial(_point_value, points, name)) for name in points[0] if name != "member"},
     }
-    return run_trials(config, "grid", PBTMember, param_space, folder, None, callbacks)
+    return run_trials(config, "grid", PBTMember, param_space, None, callbacks)
 
 
 def run_one_cycle(
-    config: ExperimentConfig, start: dict[str, float], folder: Path, callbacks: list[tune.Callback] | None = None
+    config: ExperimentConfig, start: dict[str, float], callbacks: list[tune.Callback] | None = None
 ) -> tune.ResultGrid:
-    """One run with `OneCycleLR`, peak `start["lr"]`; its trial folder goes to `folder/one_cycle`."""
-    return run_trials(config, "one_cycle", OneCycleMember, {"member": 0, **start}, folder, None, callbacks)
+    """One run with `OneCycleLR`, peak `start["lr"]`; its trial folder goes to `one_cycle/`."""
+    return run_trials(config, "one_cycle", OneCycleMember, {"member": 0, **start}, None, callbacks)
 
 
 def run_trials(
@@ -157,7 +155,6 @@ def run_trials(
     arm: str,
     member_class: type[PBTMember],
     param_space: dict[str, Any],
-    folder: Path,
     scheduler: TrialScheduler | None,
     callbacks: list[tune.Callback] | None,
 ) -> tune.ResultGrid:
@@ -167,13 +164,13 @@ def run_trials(
         tune.with_parameters(member_class, experiment=config),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
     )
-    path = folder.resolve() / arm
-    if tune.Tuner.can_restore(str(path)):
+    storage = config.storage
+    restore = partial(_restore, f"{storage.path}/{arm}", trainable, storage.tune_filesystem, callbacks or [])
+    if tune.Tuner.can_restore(f"{storage.path}/{arm}", storage_filesystem=storage.tune_filesystem):
         # The arm was cut off (`pbt resume`): Tune continues each unfinished trial from its last
         # checkpoint and keeps the finished ones; the scheduler and callbacks come back from Tune's tuner.pkl.
-        log.info("resuming %s from %s", arm, path)
-        return _fit_with_retries(tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                                    resume_errored=True), path, trainable)
+        log.info("resuming %s from %s", arm, storage.shown(arm))
+        return _fit_with_retries(restore(resume_unfinished=True, resume_errored=True), arm, restore)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -184,7 +181,8 @@ def run_trials(
         ),
         run_config=tune.RunConfig(
             name=arm,
-            storage_path=str(folder.resolve()),
+            storage_path=storage.path,
+            storage_filesystem=storage.tune_filesystem,
             stop={"training_iteration": config.population.epochs},
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=config.population.checkpoints_to_keep, checkpoint_at_end=True
@@ -194,10 +192,25 @@ def run_trials(
             verbose=0,
         ),
     )
-    return _fit_with_retries(tuner, path, trainable)
+    return _fit_with_retries(tuner, arm, restore)
 
 
-def _fit_with_retries(tuner: tune.Tuner, path: Path, trainable: Any, rounds: int = 1) -> tune.ResultGrid:
+def _restore(path: str, trainable: Any, filesystem: Any, callbacks: list[tune.Callback], **flags: bool) -> tune.Tuner:
+    """`Tuner.restore` with this run's callbacks.
+
+    Tune brings back the callbacks pickled with the experiment, and ours hold the folder they
+    write to: that of the process that was killed, which may be another machine's staging copy or
+    a folder that has since moved. Tuner.restore takes no callbacks, hence the private attribute
+    (checked by tests/test_object_storage.py against the Ray version in constraints.txt).
+    """
+    tuner = tune.Tuner.restore(path, trainable=trainable, storage_filesystem=filesystem, **flags)
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+    return tuner
+
+
+def _fit_with_retries(
+    tuner: tune.Tuner, arm: str, restore: Callable[..., tune.Tuner], rounds: int = 1
+) -> tune.ResultGrid:
     """`fit()`, then resume errored trials from their checkpoints, `rounds` more times at most.
 
     Tune's FailureConfig retries a trial whose actor died, but when a node dies while a trial has
@@ -208,8 +221,8 @@ def _fit_with_retries(tuner: tune.Tuner, path: Path, trainable: Any, rounds: int
     for _ in range(rounds):
         if not results.errors:
             break
-        log.warning("%d trial(s) of %s failed; resuming them from their last checkpoints", len(results.errors), path.name)
-        results = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+        log.warning("%d trial(s) of %s failed; resuming them from their last checkpoints", len(results.errors), arm)
+        results = restore(resume_errored=True).fit()
     return results
 
 

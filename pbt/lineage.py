@@ -25,12 +25,11 @@ log = logging.getLogger(__name__)
 POLICY_LOG = "pbt_global.txt"
 
 
-def read_exploits(policy_log: Path) -> list[dict[str, Any]]:
-    """Every exploit, in the order it happened: member, donor, epoch, and each hyperparameter's change."""
-    if not policy_log.is_file():
-        return []
+def read_exploits(policy_log: str | None) -> list[dict[str, Any]]:
+    """Every exploit in the text of Ray's policy log (None: no exploit yet), in the order it happened:
+    member, donor, epoch, and each hyperparameter's change."""
     exploits = []
-    for line in policy_log.read_text().splitlines():
+    for line in (policy_log or "").splitlines():
         if not line.strip():
             continue
         _, _, member_iteration, donor_iteration, donor_config, new_config = json.loads(line)
@@ -44,14 +43,15 @@ def read_exploits(policy_log: Path) -> list[dict[str, Any]]:
     return exploits
 
 
-def build_lineage(results: list[Any], policy_log: Path) -> dict[str, Any]:
+def build_lineage(results: list[Any], policy_log: str | None) -> dict[str, Any]:
     """`lineage.json`: per member its exploits and final metrics; the best member's full schedule.
 
-    `results` are Ray Tune results (`.config`, `.metrics`, `.checkpoint`). The best member is
-    chosen by its final validation accuracy; its test accuracy is only reported.
+    `results` are Ray Tune results (`.config`, `.metrics`, `.checkpoint`); `policy_log` is the text
+    of Ray's `pbt_global.txt`. The best member is chosen by its final validation accuracy; its test
+    accuracy is only reported.
     """
     exploits = read_exploits(policy_log)
-    members = []
+    members, checkpoints = [], {}
     for result in sorted(results, key=lambda r: r.config["member"]):
         member = result.config["member"]
         metrics = result.metrics or {}
@@ -61,13 +61,17 @@ def build_lineage(results: list[Any], policy_log: Path) -> dict[str, Any]:
             "final_test_acc": metrics.get("test_acc"),
             "final_hyperparams": {name: result.config[name] for name in HYPERPARAMS},
             "exploits": [e for e in exploits if e["member"] == member],
-            "checkpoint": str(Path(result.checkpoint.path)) if result.checkpoint else None,
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
         })
+        checkpoints[member] = result.checkpoint
     ranked = [m for m in members if m["final_val_acc"] is not None and math.isfinite(m["final_val_acc"])]
     if not ranked:
         raise RuntimeError("no member of the population reported a validation accuracy")
     best = max(ranked, key=lambda m: m["final_val_acc"])
-    schedule = load_member_state(best["checkpoint"])["history"] if best["checkpoint"] else []
+    schedule = []
+    if checkpoints[best["member"]] is not None:
+        with checkpoints[best["member"]].as_directory() as folder:  # a download when the storage is remote
+            schedule = load_member_state(folder)["history"]
     return {
         "metric": METRIC,
         "best": {**best, "schedule": schedule},

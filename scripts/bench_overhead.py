@@ -194,8 +194,9 @@ def main() -> None:
               f"interval {args.interval}, {SLOTS} CPU slots (target >= {target})", flush=True)
         with tempfile.TemporaryDirectory() as storage:
             storage = Path(storage)
+            ours_experiment = experiment.model_copy(update={"storage_path": str(storage / "ours")})
             ours, ours_eff, started_at, results = measure("pbt (class, reused actors)", lambda callbacks: run_population(
-                experiment, SPACE, storage / "ours", callbacks=callbacks, member_class=TimedMember))
+                ours_experiment, SPACE, callbacks=callbacks, member_class=TimedMember))
             breakdown(ours, started_at, results)
             if not args.no_reference:
                 ref, _, _, _ = measure("reference (Ray PBT example)", lambda callbacks: run_reference(

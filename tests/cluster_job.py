@@ -60,6 +60,7 @@ def main() -> None:
     try:
         config = validate_config({
             "name": "cluster",
+            "storage_path": str(args.out),
             "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer",
             "trainer": {"samples": 16384},
             "search": {"lr": {"low": 0.05, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
@@ -67,7 +68,7 @@ def main() -> None:
         })
         remover = RemoveNodeAfter(cluster, workers, args.remove_after) if args.remove_after else None
         callbacks = [ReportRecorder("pbt", args.out / "records"), *([remover] if remover else [])]
-        grid = run_population(config, search_space(config, None), args.out, callbacks=callbacks)
+        grid = run_population(config, search_space(config, None), callbacks=callbacks)
         nodes = {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}
         (args.out / "result.json").write_text(json.dumps({
             "errors": [str(e) for e in grid.errors],

@@ -17,6 +17,8 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated data sets go to a fresh folder, so tests never depend on a user's cache."""
     folder = tmp_path_factory.mktemp("cache")
     os.environ["PBT_CACHE_DIR"] = str(folder)  # set before Ray starts, so workers inherit it
+    # Object-storage tests talk to a local S3 server only: fake credentials, no cloud metadata lookups.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
     return folder
 
 

@@ -55,6 +55,8 @@ CASES = [
     ("override into a value", "pbt", {}, ["name.first=x"], "override 'name.first=x': name is a value, not a section"),
     ("storage path not writable", "run", {"storage_path": "/proc/pbt-results"}, [], "storage_path: cannot write to '/proc'"),
     ("storage path is a file", "pbt", {"storage_path": "A_FILE"}, [], "is a file, not a folder"),
+    ("storage URI of unknown scheme", "run", {"storage_path": "s4://bucket/results"}, [], "storage_path: pyarrow cannot open 's4://bucket/results' (Unrecognized filesystem type"),
+    ("storage URI not writable", "pbt", {"storage_path": "file:///proc/pbt-results"}, [], "storage_path: cannot write to 'file:///proc/pbt-results/"),
     ("cluster unreachable", "pbt", {}, ["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at '127.0.0.1:1'"),
     ("Ray Client address", "run", {}, ["--address", "ray://head:10001"], "is a Ray Client address, which Ray Tune does not support well"),
     ("malformed address", "grid", {}, ["--address", "head-node"], "address must look like HOST:PORT"),

@@ -35,6 +35,7 @@ class KillOnce(tune.Callback):
 def test_a_killed_member_resumes_from_its_checkpoint_and_the_run_completes(ray_session, tmp_path):
     config = validate_config({
         "name": "failing",
+        "storage_path": str(tmp_path),
         "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer",
         "trainer": {"samples": 8192},
         "search": {"lr": {"low": 0.05, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
@@ -42,7 +43,7 @@ def test_a_killed_member_resumes_from_its_checkpoint_and_the_run_completes(ray_s
         "seed": 3,
     })
     killer = KillOnce()
-    grid = run_population(config, search_space(config, None), tmp_path,
+    grid = run_population(config, search_space(config, None),
                           callbacks=[ReportRecorder("pbt", tmp_path / "records"), killer])
 
     assert killer.killed_pid is not None

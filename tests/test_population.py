@@ -22,6 +22,7 @@ def population_run(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pbt") / "quad"
     config = validate_config({
         "name": "quad",
+        "storage_path": str(folder.parent),
         "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer",
         "trainer": {"nan_above": 1.0, "samples": 1024},
         "search": {"lr": {"low": 0.1, "high": 3.0}, "momentum": {"low": 0.0, "high": 0.5}},
@@ -29,7 +30,7 @@ def population_run(ray_session, tmp_path_factory):
         "seed": 1,
     })
     space = search_space(config, None)
-    grid = run_population(config, space, folder)
+    grid = run_population(config, space)
     return config, space, grid, folder
 
 
@@ -45,8 +46,8 @@ def test_every_member_finishes_although_some_diverged(population_run):
 
 
 def test_exploits_replace_diverged_members_within_the_bounds(population_run):
-    _, space, grid, folder = population_run
-    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
+    config, space, grid, folder = population_run
+    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
     assert lineage["exploits"], "with 3 perturbation rounds someone is exploited"
     for exploit in lineage["exploits"]:
         for name, (_, new) in exploit["changes"].items():
@@ -59,7 +60,7 @@ def test_exploits_replace_diverged_members_within_the_bounds(population_run):
 
 def test_the_best_members_schedule_covers_every_epoch(population_run):
     config, space, grid, folder = population_run
-    lineage = build_lineage(list(grid), folder / "pbt" / POLICY_LOG)
+    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
     best = lineage["best"]
     assert best["final_val_acc"] == max(r.metrics["val_acc"] for r in grid)
     schedule = best["schedule"]
