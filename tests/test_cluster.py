@@ -34,7 +34,9 @@ def test_the_population_spreads_over_the_nodes(cluster_run):
     nodes = cluster_run["nodes"]
     used = {report["node_id"] for report in cluster_run["reports"]}
     assert used <= {nodes["head"], *nodes["workers"]}
-    assert nodes["head"] in used and len(used) >= 2, "members trained on the head and on worker nodes"
+    # Which nodes Ray picks is its choice (a run was seen to leave the head's one CPU idle): what
+    # matters is that one population trains on several nodes at once.
+    assert len(used) >= 2, "members trained on more than one node"
 
 
 def test_a_removed_node_does_not_stop_the_experiment(cluster_run):
