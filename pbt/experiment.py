@@ -160,15 +160,11 @@ def verify_checkpoints(storage: Storage, arms: tuple[str, ...]) -> None:
                 load_member_state(folder)
 
 
-def recorder(config: ExperimentConfig, arm: str, label=member_label) -> ReportRecorder:
-    folder = config.experiment_dir
-    return ReportRecorder(arm, folder / arm, label=label, tensorboard=folder / TENSORBOARD)
-
-
 def arm_callbacks(config: ExperimentConfig, arm: str, label=member_label) -> list[tune.Callback]:
     """Every arm's own callbacks: its reports, and for a URI storage their upload as they grow."""
-    uploads = [PeriodicUpload(config.storage)] if config.storage.remote else []
-    return [recorder(config, arm, label), *uploads]
+    folder = config.experiment_dir
+    reports = ReportRecorder(arm, folder / arm, label=label, tensorboard=folder / TENSORBOARD)
+    return [reports, *([PeriodicUpload(config.storage)] if config.storage.remote else [])]
 
 
 def pbt_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
