@@ -2,16 +2,19 @@
 
 Only the explore step is ours (`pbt.space.explore`); truncation selection, exploit through
 checkpoints and the policy log (`pbt_global.txt`) are Ray's. `_get_new_config` is the hook Ray's
-own PB2 scheduler overrides for the same purpose.
+own PB2 scheduler overrides for the same purpose. One scheduling decision is changed, for
+clusters: see `keep_running`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable, Mapping
 
+import ray
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from pbt.config import PopulationConfig
 from pbt.space import SearchSpace, explore
@@ -51,3 +54,25 @@ class ClippedPBT(PopulationBasedTraining):
                  trial_to_clone.last_result.get("training_iteration", "?"), "; ".join(changes.values()))
         operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
         return new_config, operations
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.PAUSE and not self._synch:
+            trials = tune_controller.get_trials()
+            if keep_running(trials, trial.placement_group_factory.required_resources, ray.cluster_resources()):
+                return TrialScheduler.CONTINUE
+        return decision
+
+
+def keep_running(trials: Iterable[Trial], per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
+    """Whether a member Ray would pause at a perturbation should go on, because the cluster has room.
+
+    Asynchronous PBT pauses a member at each perturbation while any other is pending or paused,
+    so that more members than slots take turns. But a member is also pending while its actor
+    starts on another node; the paused member's warm actor is then reused for it, that node's
+    actor is never used, and the population stays on the nodes that started first (seen on a
+    3-host cluster: all 6 members on the head). With a free slot left, nobody waits for a turn.
+    """
+    slots = min(int(cluster.get(name, 0.0) // amount) for name, amount in per_trial.items() if amount > 0)
+    running = sum(t.status == Trial.RUNNING for t in trials)
+    return running < slots
