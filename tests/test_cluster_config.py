@@ -23,7 +23,7 @@ def test_every_node_gets_the_token_and_starts_with_authentication_on():
     assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         start = next(command for command in commands if " start " in command)
-        environment = start.split("~/pbt-venv/bin/ray")[0].split()
+        environment = start.split("ray start")[0].split()
         assert "RAY_AUTH_MODE=token" in environment
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start  # the dashboard and job API stay on loopback
