@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from resumed import assert_resumed_to_completion
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +55,6 @@ def test_a_killed_driver_is_resumed_to_completion(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Resuming" in done.stdout and "Best member" in done.stdout
 
-    after = reports(folder)
-    assert after[: len(before)] == before, "reports written before the kill are kept"
-    last_epoch = {}
-    for report in after:
-        last_epoch[report["label"]] = report["epoch"]
-    assert last_epoch == {f"member_{m:02d}": EPOCHS for m in range(4)}, "every member finished"
-    resumed = after[len(before):]
-    first_after_kill = {}
-    for report in resumed:
-        first_after_kill.setdefault(report["label"], report["epoch"])
-    assert any(epoch > 1 for epoch in first_after_kill.values()), "members continued from checkpoints, not from scratch"
+    assert_resumed_to_completion(before, reports(folder), members=4, epochs=EPOCHS)
     lineage = json.loads((folder / "lineage.json").read_text())
     assert [entry["epoch"] for entry in lineage["best"]["schedule"]] == list(range(1, EPOCHS + 1))
