@@ -38,6 +38,9 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
+        # Ray 2.60 turns token authentication on for a local instance and warns at every start that
+        # it did; the run listens on loopback only, and the line would only puzzle (Ray's logger).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **_QUIET)
         return
     check_address(address)
