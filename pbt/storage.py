@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from ray import tune
 from pbt.errors import PbtError
 from pbt.grid import AXES_FILE
 from pbt.records import REPORTS_FILE
+
+log = logging.getLogger(__name__)
 
 TENSORBOARD = "tensorboard"
 # The driver's files inside an arm's folder; everything else there is Ray Tune's.
@@ -48,6 +51,20 @@ def split_experiment(location: str) -> tuple[str, str]:
     if not name:
         raise PbtError(f"{location!r} names no experiment folder; give storage_path/name, e.g. s3://bucket/results/mnist1d")
     return urllib.parse.urlunsplit(parts._replace(path=parent)), name
+
+
+def _reaching_the_store(method):
+    """A store that cannot be reached or refuses (down, no credentials) as one line naming it."""
+
+    @functools.wraps(method)
+    def call(self: Storage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, pyarrow.ArrowException) as err:
+            hint = "; check that it is up and the credentials in the environment" if self.remote else ""
+            raise PbtError(f"cannot reach {self.uri!r} ({str(err).splitlines()[0][:200]}){hint}") from None
+
+    return call
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,15 +107,18 @@ class Storage:
             return str(self.local.joinpath(*parts))
         return _join_uri(self.uri, "/".join(parts)) if parts else self.uri
 
+    @_reaching_the_store
     def exists(self, relative: str) -> bool:
         return self._info(relative).type != pafs.FileType.NotFound
 
+    @_reaching_the_store
     def read_text(self, relative: str) -> str | None:
         if self._info(relative).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(f"{self.path}/{relative}") as stream:
             return stream.read().decode()
 
+    @_reaching_the_store
     def delete(self, relative: str) -> None:
         """Remove a folder of the experiment from the storage and from the local copy."""
         if self.remote and self._info(relative).type == pafs.FileType.Directory:
@@ -119,6 +139,7 @@ class Storage:
                 "you can write to (for s3://, check the bucket exists and the credentials in the environment)"
             ) from None
 
+    @_reaching_the_store
     def latest_checkpoints(self, arm: str) -> list[str]:
         """The newest `checkpoint_*` folder of every trial of `arm`, as paths on `fs`."""
         latest = []
@@ -134,9 +155,14 @@ class Storage:
             yield Path(fs_path)
             return
         with tempfile.TemporaryDirectory(prefix="pbt-checkpoint-") as tmp:
-            pafs.copy_files(fs_path, tmp, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+            self._download(fs_path, tmp)
             yield Path(tmp)
 
+    @_reaching_the_store
+    def _download(self, fs_path: str, folder: str) -> None:
+        pafs.copy_files(fs_path, folder, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+
+    @_reaching_the_store
     def sync_down(self) -> None:
         """Replace the local copy with the driver's files from the storage (Tune's trial folders stay there)."""
         if not self.remote:
@@ -147,8 +173,7 @@ class Storage:
             relative = info.path[len(self.path) + 1:]
             if _is_driver_file(relative):
                 (self.local / relative).parent.mkdir(parents=True, exist_ok=True)
-                pafs.copy_files(info.path, str(self.local / relative), source_filesystem=self.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+                self._download(info.path, str(self.local / relative))
                 # The stored time, so `sync_up` sees the copy as unchanged and does not upload it back.
                 os.utime(self.local / relative, ns=(info.mtime_ns, info.mtime_ns))
 
@@ -156,6 +181,13 @@ class Storage:
         """Upload the local files that are new or changed since their last upload."""
         if not self.remote or not self.local.is_dir():
             return
+        try:
+            self._upload_changed()
+        except PbtError as err:
+            raise PbtError(f"{err}; pbt's files are in {self.local}") from None
+
+    @_reaching_the_store
+    def _upload_changed(self) -> None:
         uploaded = {info.path[len(self.path) + 1:]: info for info in self._files()}
         folders = set()
         for file in sorted(p for p in self.local.rglob("*") if p.is_file()):
@@ -204,8 +236,14 @@ class PeriodicUpload(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if time.monotonic() - self.last >= self.every:
-            self.storage.sync_up()
+            self._upload()
             self.last = time.monotonic()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.storage.sync_up()
+        self._upload()
+
+    def _upload(self) -> None:
+        try:
+            self.storage.sync_up()
+        except PbtError as err:  # the store may be back by the next upload; training goes on meanwhile
+            log.warning("%s", err)

@@ -140,3 +140,12 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(err):
         code = main(argv)
     return code, err.getvalue()
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_and_nothing_is_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the staging copy, if any, goes here
+    nobody = "s3://bucket/results/gone?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    code, err = run_cli(["resume", nobody])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"pbt: error: cannot reach {nobody!r} (")
+    assert "check that it is up and the credentials in the environment" in err
