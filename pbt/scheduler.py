@@ -65,14 +65,16 @@ class ClippedPBT(PopulationBasedTraining):
 
 
 def keep_running(trials: Iterable[Trial], per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
-    """Whether a member Ray would pause at a perturbation should go on, because the cluster has room.
+    """Whether a member Ray would pause at a perturbation should go on: every unfinished member fits
+    in the cluster at once, so nobody is waiting for a turn.
 
     Asynchronous PBT pauses a member at each perturbation while any other is pending or paused,
-    so that more members than slots take turns. But a member is also pending while its actor
-    starts on another node; the paused member's warm actor is then reused for it, that node's
-    actor is never used, and the population stays on the nodes that started first (seen on a
-    3-host cluster: all 6 members on the head). With a free slot left, nobody waits for a turn.
+    so that more members than slots take turns and stay at similar epochs. But a member is also
+    pending while its actor starts on another node; the paused member's warm actor is then reused
+    for it, that node's actor is never used, and the population stays on the nodes that started
+    first (seen on a 3-host cluster: all 6 members on the head). With more members than slots,
+    Ray's turns are kept as they are.
     """
     slots = min(int(cluster.get(name, 0.0) // amount) for name, amount in per_trial.items() if amount > 0)
-    running = sum(t.status == Trial.RUNNING for t in trials)
-    return running < slots
+    unfinished = sum(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+    return unfinished <= slots
