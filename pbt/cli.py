@@ -148,13 +148,12 @@ def connect(address: str | None) -> int:
     when needed); returns how many machines the cluster spans (1 without one)."""
     import ray
 
-    from pbt.launch import check_address, ensure_ray
+    from pbt.launch import ensure_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         return 1
-    check_address(address)
-    ensure_ray(address=address)
+    ensure_ray(address=address)  # checks the address first: a bad or dead one is one line, at once
     return len({node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]})
 
 

@@ -43,8 +43,7 @@ def check_storage(config: ExperimentConfig) -> None:
     if config.storage.remote:
         config.storage.check_writable()
         return
-    folder = config.experiment_dir
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = _nearest_existing(config.experiment_dir)
     if not existing.is_dir():
         raise PbtError(f"storage_path: {str(existing)!r} is a file, not a folder, but got storage_path={config.storage_path!r}")
     try:  # a real write: permission bits say nothing for root or on read-only mounts
@@ -69,7 +68,7 @@ def check_cluster_storage(config: ExperimentConfig, hosts: int, mounts: str | No
     """
     if hosts <= 1 or config.storage.remote:
         return
-    existing = next(p for p in (config.experiment_dir, *config.experiment_dir.parents) if p.exists())
+    existing = _nearest_existing(config.experiment_dir)
     fs_type = file_system_type(existing, mounts if mounts is not None else _read_mounts())
     if fs_type in NODE_LOCAL_FILE_SYSTEMS:
         raise PbtError(
@@ -90,6 +89,11 @@ def file_system_type(path: Path, mounts: str) -> str | None:
         if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
             best, best_type = mount_point, fields[2]
     return best_type
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """The folder, or its closest ancestor that exists (what a new experiment folder would be made in)."""
+    return next(p for p in (folder, *folder.parents) if p.exists())
 
 
 def _read_mounts() -> str:
@@ -132,7 +136,7 @@ def load_job(location: str) -> tuple[ExperimentConfig, tuple[str, ...], SearchSp
     storage = open_experiment(location)
     folder = storage.local
     config = load_saved_config(folder)
-    config = config.model_copy(update={"storage_path": split_experiment(location)[0], "name": storage.local.name})
+    config = config.model_copy(update={"storage_path": storage.storage_path, "name": storage.name})
     job = read_json(folder / JOB_FILE)
     try:
         arms, space = tuple(job["arms"]), space_from_dict(job["space"])

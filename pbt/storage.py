@@ -83,6 +83,7 @@ class Storage:
     """The experiment `name` under `storage_path`."""
 
     def __init__(self, storage_path: str, name: str) -> None:
+        self.storage_path, self.name = storage_path, name
         self.remote = is_uri(storage_path)
         if self.remote:
             self.fs, base = _file_system(storage_path)
