@@ -4,6 +4,8 @@
 # table (so `ray stop` on one host leaves the others alone) and /tmp (Ray's session folders). They
 # share the disk, as hosts with an NFS home would. Needs root; Debian's openssh-server, rsync and
 # iptables are installed if missing. Members reach the package registries through NAT.
+# Sharing /root, both workers' setup installs into the same ~/pbt-venv at once and one can fail
+# (seen once: that host stays "uninitialized" in `ray status`); `ray up --restart-only` then starts it.
 #
 #   scripts/namespaced_hosts.sh up      # hosts 10.77.0.11 (head), .12, .13; prints the cluster config to use
 #   scripts/namespaced_hosts.sh down    # stops everything in them and removes what `up` added
