@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     # name, handler, help, description, whether it replaces earlier results on --overwrite
     config_commands = [
         ("lr-find", run_lr_find, "run the LR range test and write lr_range.json, lr_range.png and TensorBoard data",
-         "Run the LR range test (Smith) on the configured trainer: at most one epoch with an exponentially "
-         "growing learning rate. Prints the range and writes it to the experiment folder.", False),
+         "Run the LR range test (Smith) on the configured trainer: one epoch (at least lr_range.min_steps "
+         "steps) with an exponentially growing learning rate. Prints the range and writes it to the experiment folder.", False),
         ("run", run_main_job, "the main job: range test, PBT, grid and one-cycle baselines, then the comparison",
          "Run everything in one experiment folder: the LR range test, PBT, the grid search and the one-cycle "
          "run for the same compute, then `pbt compare` on the folder.", True),
@@ -170,8 +170,9 @@ def range_test(config: ExperimentConfig) -> RangeSweep:
     from pbt.lr_range_report import save_range_sweep
 
     settings = config.lr_range
+    length = f"{settings.max_steps} steps" if settings.max_steps else f"one epoch (at least {settings.min_steps} steps)"
     print(f"LR range test: {config.name} ({config.trainable}), lr {settings.lr_min:g} -> {settings.lr_max:g}, "
-          f"{settings.seeds} seed(s) x {len(settings.weight_decays)} weight decay(s), at most one epoch each")
+          f"{settings.seeds} seed(s) x {len(settings.weight_decays)} weight decay(s), {length} each")
     started = time.perf_counter()
     progress = ProgressBar(settings.seeds)
     sweep = find_lr_range(config, on_step=progress.step, on_result=progress.result)
@@ -392,6 +393,7 @@ def print_range_sweep(sweep: RangeSweep, seconds: float) -> None:
     print(f"Read off the curve    falls fastest at {chosen.steepest_lr:.3g}, lowest at {chosen.min_loss_lr:.3g}, "
           f"diverges at {chosen.divergence_lr:.3g}")
     print(f"Weight decay          {chosen.weight_decay:g}")
+    print(f"Sweep                 {chosen.length_text()}; it ran {len(chosen.lrs)} steps")
     print(f"Stopped because       {chosen.stop_reason}   ({seconds:.1f} s)")
 
 

@@ -34,12 +34,21 @@ class Resources(StrictModel):
 
 
 class LRRangeConfig(StrictModel):
-    """The LR range test: an exponential sweep from `lr_min` to `lr_max` over at most one epoch."""
+    """The LR range test: an exponential sweep from `lr_min` to `lr_max` over one epoch (or `max_steps`)."""
 
     lr_min: float = Field(1e-6, gt=0)
     lr_max: float = Field(10.0, gt=0)
     max_steps: int | None = Field(
-        None, ge=10, description="Steps of the sweep; default and upper bound: one epoch."
+        None,
+        ge=10,
+        description="Steps of the sweep (it stops sooner when the loss diverges); default: one epoch, "
+        "or min_steps when an epoch is shorter. More than an epoch continues over fresh epochs.",
+    )
+    min_steps: int = Field(
+        100,
+        ge=10,
+        description="A shorter epoch is extended over fresh epochs to this many steps: a sweep across 7 "
+        "decades needs about this many for the loss to fall clearly (37 steps did not on a small data set).",
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (or Adam beta1) during the test.")
     weight_decays: list[float] = Field(

@@ -1,4 +1,4 @@
-"""The LR range test (Smith 2015/2017): a learning-rate range from less than one epoch of training.
+"""The LR range test (Smith 2015/2017): a learning-rate range from one short sweep of training.
 
 The learning rate grows exponentially from `lr_min` to `lr_max`, one step per batch, while the
 training loss is recorded; the sweep stops when the loss turns non-finite or climbs back far above
@@ -6,9 +6,11 @@ its best. The analysis smooths the curve robustly (running median, then running 
 centred) and reads three features off it: where the loss falls fastest against log10(lr), where
 it is lowest, and where it diverges (climbs back to its starting level).
 
-A sweep of one epoch sees every feature at a higher learning rate than a full training run would:
-there is too little time left to profit from a small rate. The range for training at a constant
-rate is therefore read off the divergence point, the sharpest feature of the curve: from
+The sweep lasts one epoch; an epoch shorter than `min_steps` is extended over fresh epochs, and
+`max_steps` sets any length. A sweep that short sees every feature at a higher learning rate than
+a full training run would: there is too little time left to profit from a small rate. The range
+for training at a constant rate is therefore read off the divergence point, the sharpest feature
+of the curve: from
 `divergence / low_divisor` to `divergence / high_divisor` (50 and 20 by default, calibrated against
 fixed-rate training of SGD with momentum and of Adam; see BENCHMARKS.md). The suggested point is
 the geometric middle of the range.
@@ -34,7 +36,7 @@ from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.optim import set_hyperparams
 from pbt.registry import build_trainer, pick_device
-from pbt.trainer import Trainer
+from pbt.trainer import Trainer, count_epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class Curve:
     lrs: list[float]
     losses: list[float]
     stop_reason: str
+    planned_steps: int = 0  # the sweep's length had it not stopped early
+    epoch_steps: int = 0  # steps in one epoch of the trainer
 
 
 @dataclass
@@ -81,9 +85,20 @@ class RangeResult:
     losses: list[float]
     smoothed: list[float]
     seeds: int = 1
+    planned_steps: int = 0  # the sweep's length had it not stopped early
+    epoch_steps: int = 0  # steps in one epoch of the trainer
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def length_text(self) -> str:
+        """The sweep's planned length, e.g. `one epoch (100 steps)` or `2.7 epochs (100 steps of 37 an epoch)`."""
+        if not self.epoch_steps:  # a result saved before the sweep's length was recorded
+            return f"{len(self.lrs)} steps"
+        if self.planned_steps == self.epoch_steps:
+            return f"one epoch ({self.planned_steps} steps)"
+        epochs = self.planned_steps / self.epoch_steps
+        return f"{epochs:.2g} epochs ({self.planned_steps} steps of {self.epoch_steps} an epoch)"
 
 
 @dataclass
@@ -115,24 +130,14 @@ def lr_schedule(lr_min: float, lr_max: float, steps: int) -> np.ndarray:
     return np.geomspace(lr_min, lr_max, steps)
 
 
-def sweep_steps(trainer: Trainer, max_steps: int | None) -> int:
-    """Steps in the sweep: `max_steps`, capped at one epoch of the trainer."""
-    per_epoch = trainer.steps_per_epoch()
-    if per_epoch is None:
-        if max_steps is None:
-            raise PbtError(
-                "lr_range.max_steps: the trainer does not say how many steps an epoch has "
-                "(steps_per_epoch() returns None), so set lr_range.max_steps"
-            )
-        return max_steps
-    if max_steps is not None and max_steps > per_epoch:
-        log.warning("lr_range.max_steps=%d is more than one epoch; using %d steps", max_steps, per_epoch)
-    steps = per_epoch if max_steps is None else min(max_steps, per_epoch)
-    if steps < 10:
-        raise PbtError(
-            f"lr_range: one epoch has only {steps} steps, too few for a range test; use a smaller trainer.batch_size"
-        )
-    return steps
+def sweep_length(trainer: Trainer, max_steps: int | None, min_steps: int = 100) -> tuple[int, int]:
+    """`(steps of the sweep, steps of one epoch)`: `max_steps` if given, else one epoch but at least
+    `min_steps` (a short epoch is extended over fresh epochs)."""
+    per_epoch = count_epoch_steps(trainer)
+    if per_epoch == 0:
+        raise PbtError("the trainer's batches() yielded no batch")
+    steps = max_steps if max_steps is not None else max(per_epoch, min_steps)
+    return steps, per_epoch
 
 
 def record_curve(
@@ -145,13 +150,16 @@ def record_curve(
     diverge_factor: float = 1.0,
     smooth_window: int = 5,
     on_step: StepCallback | None = None,
+    min_steps: int = 100,
 ) -> Curve:
     """Run the exponential sweep on `trainer` and restore its state afterwards."""
-    steps = sweep_steps(trainer, max_steps)
+    steps, epoch_steps = sweep_length(trainer, max_steps, min_steps)
     lrs = lr_schedule(lr_min, lr_max, steps)
     with isolated(trainer):
         set_hyperparams(trainer.optimizer, momentum=momentum, weight_decay=weight_decay)
-        return _sweep(trainer, lrs, diverge_factor, smooth_window, on_step)
+        curve = _sweep(trainer, lrs, diverge_factor, smooth_window, on_step)
+    curve.planned_steps, curve.epoch_steps = steps, epoch_steps
+    return curve
 
 
 def _sweep(
@@ -174,7 +182,7 @@ def _sweep(
 
 
 def _batches_forever(trainer: Trainer) -> Iterator:
-    # max_steps may be set for a trainer that cannot count its epoch; keep drawing batches.
+    # A sweep longer than an epoch goes on over fresh epochs.
     while True:
         empty = True
         for batch in trainer.batches():
@@ -290,7 +298,8 @@ def median_curve(curves: list[Curve]) -> Curve:
     keep = sum(2 * sum(len(c.losses) > i for c in curves) >= len(curves) for i in range(length))
     medians = [_median_at(curves, i) for i in range(keep)]
     lrs = max(curves, key=lambda c: len(c.lrs)).lrs[:keep]
-    return Curve(lrs, medians, " / ".join(sorted({c.stop_reason for c in curves})))
+    return Curve(lrs, medians, " / ".join(sorted({c.stop_reason for c in curves})), curves[0].planned_steps,
+                 curves[0].epoch_steps)
 
 
 def _median_at(curves: list[Curve], step: int) -> float:
@@ -316,6 +325,7 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
                 diverge_factor=settings.diverge_factor,
                 smooth_window=settings.smooth_window,
                 on_step=on_step,
+                min_steps=settings.min_steps,
             )
         )
     curve = median_curve(curves)
@@ -347,6 +357,8 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
         losses=losses,
         smoothed=reading.smoothed.tolist(),
         seeds=settings.seeds,
+        planned_steps=curve.planned_steps,
+        epoch_steps=curve.epoch_steps,
     )
 
 

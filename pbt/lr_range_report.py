@@ -64,8 +64,8 @@ def range_figure(sweep: RangeSweep, title: str) -> Figure:
     figure.text(
         0.01, -0.02,
         f"The range for training is the divergence point / {chosen.divergence_lr / chosen.lr_low:.0f} to "
-        f"/ {chosen.divergence_lr / chosen.lr_high:.0f}: a sweep of one epoch sees every feature at a higher learning "
-        "rate\nthan a full run at a constant rate would, so the range sits well below the dip (see README, "
+        f"/ {chosen.divergence_lr / chosen.lr_high:.0f}: a sweep of {chosen.length_text()} sees every feature at a "
+        "higher learning rate\nthan a full run at a constant rate would, so the range sits well below the dip (see README, "
         "'How the range is read').",
         fontsize=8, va="top", color="0.3",
     )

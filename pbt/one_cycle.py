@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from pbt.config import OneCycleConfig
 from pbt.optim import get_hyperparams
 from pbt.ray_adapter import PBTMember
-from pbt.trainer import Trainer
+from pbt.trainer import Trainer, count_epoch_steps
 
 SCHEDULE_FILE = "one_cycle.pt"
 
@@ -27,7 +27,7 @@ def attach_one_cycle(trainer: Trainer, settings: OneCycleConfig, max_lr: float, 
     schedule = OneCycleLR(
         trainer.optimizer,
         max_lr=max_lr,
-        total_steps=epochs * count_steps(trainer),
+        total_steps=epochs * count_epoch_steps(trainer),
         pct_start=settings.pct_start,
         div_factor=settings.div_factor,
         final_div_factor=settings.final_div_factor,
@@ -46,15 +46,6 @@ def attach_one_cycle(trainer: Trainer, settings: OneCycleConfig, max_lr: float, 
 
     trainer.train_step = train_step_then_schedule  # type: ignore[method-assign]
     return schedule
-
-
-def count_steps(trainer: Trainer) -> int:
-    """Batches per epoch: the trainer's own count, else one pass over `batches()` with the RNG put back."""
-    steps = trainer.steps_per_epoch()
-    if steps is not None:
-        return steps
-    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        return sum(1 for _ in trainer.batches())
 
 
 class OneCycleMember(PBTMember):

@@ -52,7 +52,7 @@ class Trainer(abc.ABC):
         """Metrics on held-out data: at least `val_loss` and `val_acc`; `test_acc` if there is a test split."""
 
     def steps_per_epoch(self) -> int | None:
-        """Batches in one epoch, if known; the LR range test spreads its sweep over one epoch."""
+        """Batches in one epoch, if known cheaply; else pbt counts them (see `count_epoch_steps`)."""
         return None
 
     def train_epoch(self) -> dict[str, float]:
@@ -60,7 +60,10 @@ class Trainer(abc.ABC):
         total = torch.zeros((), device=self.device)
         steps = 0
         for batch in self.batches():
-            total += self.train_step(batch)
+            # A float (`loss.item()`) or an undetached loss works too; detaching stops a graph per
+            # step from being kept alive by the running sum.
+            loss = self.train_step(batch)
+            total += loss.detach() if isinstance(loss, torch.Tensor) else loss
             steps += 1
         return {"train_loss": (total / max(steps, 1)).item()}
 
@@ -81,6 +84,21 @@ class Trainer(abc.ABC):
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+
+
+def count_epoch_steps(trainer: Trainer) -> int:
+    """Batches in one epoch: `steps_per_epoch()`, else `len(batches())` (a `DataLoader` has one),
+    else one pass over `batches()` without training. The RNG streams are put back afterwards, so
+    counting does not change the batches training will see (a `DataLoader` draws a seed per pass)."""
+    steps = trainer.steps_per_epoch()
+    if steps is not None:
+        return steps
+    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+        epoch = trainer.batches()
+        try:
+            return len(epoch)  # type: ignore[arg-type]
+        except TypeError:  # a generator: count it
+            return sum(1 for _ in epoch)
 
 
 class TensorClassificationTrainer(Trainer):

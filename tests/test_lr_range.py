@@ -151,12 +151,34 @@ def test_caller_model_optimizer_and_rng_are_untouched(tiny_mnist1d):
     assert np.array_equal(np.random.get_state()[1][:5], np_draw)
 
 
-def test_sweep_is_capped_at_one_epoch(tiny_mnist1d):
-    trainer = build_trainer(validate_config({"trainer": tiny_mnist1d}))
-    curve = record_curve(trainer, lr_min=1e-6, lr_max=1e-5, max_steps=10_000)  # too small to diverge
+def test_the_sweep_lasts_one_epoch_by_default(tiny_mnist1d):
+    trainer = build_trainer(validate_config({"trainer": {**tiny_mnist1d, "num_samples": 4000}}))
+    curve = record_curve(trainer, lr_min=1e-6, lr_max=1e-5)  # too small to diverge
     assert curve.stop_reason == "reached lr_max"
-    assert len(curve.losses) == trainer.steps_per_epoch()
+    assert len(curve.losses) == trainer.steps_per_epoch() == curve.planned_steps == curve.epoch_steps == 160
     assert curve.lrs[0] == pytest.approx(1e-6) and curve.lrs[-1] == pytest.approx(1e-5)
+
+
+class UncountedQuadratic(synthetic.QuadraticTrainer):
+    """An epoch of 10 batches that the trainer does not count; it counts the epochs drawn."""
+
+    epochs_drawn = 0
+
+    def steps_per_epoch(self):
+        return None
+
+    def batches(self):
+        self.epochs_drawn += 1
+        yield from super().batches()
+
+
+@pytest.mark.parametrize("max_steps, min_steps, expected", [(None, 100, 100), (None, 5, 10), (250, 100, 250), (12, 100, 12)])
+def test_a_short_epoch_is_extended_over_fresh_epochs(max_steps, min_steps, expected):
+    trainer = UncountedQuadratic({"samples": 320, "batch_size": 32}, torch.device("cpu"))
+    curve = record_curve(trainer, lr_min=1e-6, lr_max=1e-5, max_steps=max_steps, min_steps=min_steps)
+    assert (curve.planned_steps, curve.epoch_steps) == (expected, 10)
+    assert len(curve.losses) == expected and curve.stop_reason == "reached lr_max"
+    assert trainer.epochs_drawn == 1 + math.ceil(expected / 10), "one pass to count the epoch, then as many as the sweep needs"
 
 
 def test_median_curve_outlasts_one_early_divergence():

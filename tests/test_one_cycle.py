@@ -7,7 +7,8 @@ import torch
 
 import synthetic
 from pbt.config import OneCycleConfig
-from pbt.one_cycle import attach_one_cycle, count_steps
+from pbt.one_cycle import attach_one_cycle
+from pbt.trainer import count_epoch_steps
 from pbt.optim import get_hyperparams
 
 DEVICE = torch.device("cpu")
@@ -64,5 +65,5 @@ def test_steps_are_counted_from_batches_without_touching_the_rng():
     trainer = UncountedTrainer({"samples": 100, "batch_size": 32}, DEVICE)
     torch.manual_seed(3)
     before = torch.get_rng_state()
-    assert count_steps(trainer) == 3
+    assert count_epoch_steps(trainer) == 3
     assert torch.equal(torch.get_rng_state(), before)
