@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pbt.config import ExperimentConfig, load_config, load_saved_config, read_json
 from pbt.errors import PbtError
@@ -272,8 +272,8 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
     lineage, errors = pbt_arm(config, space, [PopulationProgress("pbt", population.size, population.epochs)])
     best = lineage["best"]
-    print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}   "
-          f"test accuracy {best['final_test_acc']:.4f} (reported only; chosen by validation)")
+    print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}"
+          f"{_test_text(best['final_test_acc'], ' (reported only; chosen by validation)')}")
     print(f"{len(lineage['exploits'])} exploits in all; the best member's schedule:\n")
     print(format_schedule(best["schedule"]))
     _print_errors("member", errors)
@@ -303,8 +303,8 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     _, errors = grid_arm(config, space, [PopulationProgress("grid", points, config.population.epochs)])
     chosen = load_arms(config.experiment_dir)["grid"].chosen
     if chosen:
-        print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}   "
-              f"test accuracy {chosen['test_acc']:.4f}")
+        print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}"
+              f"{_test_text(chosen.get('test_acc'))}")
     _print_errors("grid point", errors)
     return len(errors)
 
@@ -320,7 +320,7 @@ def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     _, errors = one_cycle_arm(config, space, [PopulationProgress("one-cycle", 1, config.population.epochs)])
     chosen = load_arms(config.experiment_dir)["one_cycle"].chosen
     if chosen:
-        print(f"One-cycle run: validation accuracy {chosen['val_acc']:.4f}   test accuracy {chosen['test_acc']:.4f}")
+        print(f"One-cycle run: validation accuracy {chosen['val_acc']:.4f}{_test_text(chosen.get('test_acc'))}")
     _print_errors("run", errors)
     return len(errors)
 
@@ -352,6 +352,11 @@ def _upload(storage: Storage) -> None:
               f"the files printed above are its local copy in {storage.local})")
 
 
+def _test_text(test_acc: float | None, note: str = "") -> str:
+    """`   test accuracy 0.8123` after a validation accuracy; nothing when the trainer has no test split."""
+    return "" if test_acc is None else f"   test accuracy {test_acc:.4f}{note}"
+
+
 def _print_errors(what: str, errors: list) -> None:
     if errors:
         print(f"\n{len(errors)} {what}(s) failed; the first: {errors[0]}")
@@ -369,15 +374,25 @@ def run_replay(args: argparse.Namespace) -> int:
     print(f"Replaying member {best['member']}'s schedule: {len(schedule)} epochs from scratch, one run")
     records = replay(config, schedule, on_epoch=lambda i, n, m: print(
         f"  epoch {i:>3}/{n}  lr {m['lr']:.3g}  val acc {m['val_acc']:.4f}") if i % 5 == 0 or i == n else None)
-    final = records[-1]
-    print(f"\n{'':<10}{'val acc':>9}{'test acc':>10}")
-    print(f"{'PBT':<10}{best['final_val_acc']:>9.4f}{best['final_test_acc']:>10.4f}")
-    print(f"{'replay':<10}{final['val_acc']:>9.4f}{final['test_acc']:>10.4f}")
-    print(f"{'diff':<10}{final['val_acc'] - best['final_val_acc']:>+9.4f}{final['test_acc'] - best['final_test_acc']:>+10.4f}")
+    print()
+    print(format_replay_table(best, records[-1]))
     (folder / "replay.json").write_text(json.dumps({"member": best["member"], "epochs": records}, indent=1))
     print(f"\nWrote {_shown(folder / 'replay.json')}")
     _upload(storage)
     return 0
+
+
+def format_replay_table(best: dict[str, Any], final: dict[str, float]) -> str:
+    """PBT's best member beside its replay; a test column only when both have a test accuracy."""
+    columns = [("val acc", best["final_val_acc"], final["val_acc"])]
+    if best.get("final_test_acc") is not None and final.get("test_acc") is not None:
+        columns.append(("test acc", best["final_test_acc"], final["test_acc"]))
+    return "\n".join([
+        f"{'':<10}" + "".join(f"{name:>10}" for name, _, _ in columns),
+        f"{'PBT':<10}" + "".join(f"{pbt:>10.4f}" for _, pbt, _ in columns),
+        f"{'replay':<10}" + "".join(f"{replayed:>10.4f}" for _, _, replayed in columns),
+        f"{'diff':<10}" + "".join(f"{replayed - pbt:>+10.4f}" for _, pbt, replayed in columns),
+    ])
 
 
 def print_range_sweep(sweep: RangeSweep, seconds: float) -> None:

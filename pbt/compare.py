@@ -115,7 +115,7 @@ def compare_arms(arms: dict[str, ArmSummary], target: float | None) -> dict[str,
     for arm in arms.values():
         arm.to_target = compute_to_reach(arm.curve, target) if target is not None else None
     summary: dict[str, Any] = {"target_val_acc": target, "target_source": source if target is not None else None,
-                               "arms": {name: asdict(arm) for name, arm in arms.items()}}
+                               "arms": {name: _without_missing_test(asdict(arm)) for name, arm in arms.items()}}
     grid = arms.get("grid")
     if grid is not None and grid.epochs:
         summary["share_of_grid_compute_to_target"] = {
@@ -123,6 +123,15 @@ def compare_arms(arms: dict[str, ArmSummary], target: float | None) -> dict[str,
             for name, arm in arms.items() if arm.to_target is not None
         }
     return summary
+
+
+def _without_missing_test(arm: dict[str, Any]) -> dict[str, Any]:
+    """An arm for summary.json with `test_acc` left out where there is none (no test split): a
+    reader then sees that the trainer has no test split, not a null that looks like a failure."""
+    for record in [arm["chosen"] or {}, *arm["curve"]]:
+        if record.get("test_acc", 0.0) is None:
+            del record["test_acc"]
+    return arm
 
 
 def load_arms(folder: Path) -> dict[str, ArmSummary]:

@@ -19,6 +19,7 @@ from pbt.config import ExperimentConfig
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.ray_adapter import METRIC, load_member_state
 from pbt.registry import build_trainer
+from pbt.trainer import evaluation
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def replay(
     for index, entry in enumerate(schedule):
         set_hyperparams(trainer.optimizer, **{name: entry[name] for name in HYPERPARAMS})
         metrics = trainer.train_epoch()
-        metrics.update(trainer.evaluate() if math.isfinite(metrics["train_loss"]) else {METRIC: 0.0, "test_acc": 0.0})
+        metrics.update(evaluation(trainer) if math.isfinite(metrics["train_loss"]) else {METRIC: 0.0})
         metrics.update({name: entry[name] for name in HYPERPARAMS}, epoch=entry["epoch"])
         records.append(metrics)
         if on_epoch:

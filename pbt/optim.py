@@ -59,15 +59,29 @@ def set_hyperparams(optimizer: torch.optim.Optimizer, **values: float | None) ->
                 continue
             if name == "momentum":
                 _set_momentum(group, float(value))
-            else:
+            elif name in group:
                 _set_scalar(group, name, float(value))
+            else:
+                _warn_missing(optimizer, name)
 
 
 def get_hyperparams(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The hyperparameters of the first param group, momentum read as `set_hyperparams` writes it."""
     group = optimizer.param_groups[0]
     momentum = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
-    return {"lr": float(group["lr"]), "momentum": float(momentum), "weight_decay": float(group["weight_decay"])}
+    return {"lr": float(group["lr"]), "momentum": float(momentum), "weight_decay": float(group.get("weight_decay", 0.0))}
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_missing(optimizer: torch.optim.Optimizer, name: str) -> None:
+    # An optimizer without weight decay (Rprop, LBFGS) would silently ignore a key written into
+    # its param groups: say once that this hyperparameter has no effect rather than pretend.
+    key = (type(optimizer).__name__, name)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s has no %s: the %s pbt searches has no effect on it", key[0], name, name)
 
 
 def _set_scalar(group: dict, name: str, value: float) -> None:

@@ -23,7 +23,7 @@ from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.registry import build_trainer, pick_device
-from pbt.trainer import Trainer
+from pbt.trainer import Trainer, evaluation
 
 STATE_FILE = "member.pt"
 METRIC = "val_acc"  # selection uses the validation split; test accuracy is only reported
@@ -73,9 +73,9 @@ class PBTMember(tune.Trainable):
             metrics = self.trainer.train_epoch()
             self.diverged = not math.isfinite(metrics["train_loss"])
         if self.diverged:
-            metrics = {"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE, "test_acc": WORST_SCORE}
+            metrics = {"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE}
         else:
-            metrics.update(self.trainer.evaluate())
+            metrics.update(evaluation(self.trainer))
         seconds = time.perf_counter() - started
         hyperparams = self.hyperparams()
         epoch = self.iteration + 1

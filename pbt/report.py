@@ -63,7 +63,8 @@ def _num(value: float | None) -> str:
 
 
 def accuracy_figure(arms: dict[str, ArmSummary], target: float | None, title: str) -> plt.Figure:
-    """Best validation accuracy so far (solid) and its test accuracy (dashed) against epochs and seconds."""
+    """Best validation accuracy so far (solid) and its test accuracy (dashed, when there is a test
+    split) against epochs and seconds."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     for axis, unit in zip(axes, ("epochs", "seconds")):
         for name, arm in arms.items():
@@ -71,8 +72,9 @@ def accuracy_figure(arms: dict[str, ArmSummary], target: float | None, title: st
             color = ARM_COLORS.get(name)
             axis.step(xs, [p.best_val_acc for p in arm.curve], where="post", color=color, lw=2,
                       label=f"{ARM_TITLES.get(name, name)}: best validation accuracy so far")
-            axis.step(xs, [p.test_acc if p.test_acc is not None else math.nan for p in arm.curve], where="post",
-                      color=color, lw=1, ls="--", label=f"{ARM_TITLES.get(name, name)}: its test accuracy")
+            if any(p.test_acc is not None for p in arm.curve):  # a trainer without a test split has none
+                axis.step(xs, [p.test_acc if p.test_acc is not None else math.nan for p in arm.curve], where="post",
+                          color=color, lw=1, ls="--", label=f"{ARM_TITLES.get(name, name)}: its test accuracy")
         if target is not None:
             axis.axhline(target, color="0.4", lw=0.8, ls=":", label=f"target {target:.4f}")
         axis.set_xlabel(f"compute: {unit} trained, summed over the arm's runs")
@@ -133,17 +135,20 @@ def write_hparams(folder: Path, arm: str, logdir: Path) -> None:
     """Each run's final hyperparameters and metrics into its own TensorBoard run (HPARAMS dashboard)."""
     finals: dict[str, dict[str, Any]] = {}
     best: dict[str, float] = {}
-    for report in read_reports(folder / arm):
+    reports = read_reports(folder / arm)
+    # A trainer without a test split reports no test accuracy: leave the column out, not zeros.
+    # With one, a diverged run (which skips evaluation) counts as 0, like its validation accuracy.
+    has_test = any(report["test_acc"] is not None for report in reports)
+    for report in reports:
         finals[report["label"]] = report
         if report["val_acc"] is not None:
             best[report["label"]] = max(best.get(report["label"], 0.0), report["val_acc"])
     for label, final in finals.items():
         values = {"arm": arm, **{name: final[name] for name in HYPERPARAMS if final[name] is not None}}
-        metrics = {
-            "final/val_acc": final["val_acc"] or 0.0,
-            "final/test_acc": final["test_acc"] or 0.0,
-            "final/best_val_acc": best.get(label, 0.0),
-        }
+        metrics = {"final/val_acc": final["val_acc"] or 0.0}
+        if has_test:
+            metrics["final/test_acc"] = final["test_acc"] or 0.0
+        metrics["final/best_val_acc"] = best.get(label, 0.0)
         experiment, start, end = hparams(values, metrics)
         with SummaryWriter(str(logdir / arm / label)) as writer:
             for summary in (experiment, start, end):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from pbt.errors import PbtError
+
 REQUIRED_METHODS = ("batches", "train_step", "evaluate", "state_dict", "load_state_dict")
 
 
@@ -84,6 +86,19 @@ class Trainer(abc.ABC):
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+
+
+def evaluation(trainer: Trainer) -> dict[str, float]:
+    """`trainer.evaluate()` checked against the contract: `val_loss` and `val_acc` present, every
+    value a plain float (a tensor or NumPy scalar is converted), `test_acc` only if reported."""
+    metrics = trainer.evaluate()
+    missing = [name for name in ("val_loss", "val_acc") if name not in (metrics or {})]
+    if missing:
+        raise PbtError(
+            f"{type(trainer).__name__}.evaluate() returned {sorted(metrics or {})}, without {' and '.join(missing)}: "
+            "it must return at least val_loss and val_acc (and test_acc if there is a test split)"
+        )
+    return {name: float(value) for name, value in metrics.items()}
 
 
 def count_epoch_steps(trainer: Trainer) -> int:
