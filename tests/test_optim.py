@@ -74,3 +74,14 @@ def test_none_leaves_a_value_alone_and_unknown_names_are_refused():
     assert get_hyperparams(optimizer) == pytest.approx({"lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4})
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         set_hyperparams(optimizer, beta2=0.9)
+
+
+def test_an_optimizer_without_weight_decay_warns_once_and_trains_on(caplog):
+    params = _params()
+    optimizer = torch.optim.Rprop(params, lr=0.01)
+    for _ in range(2):
+        set_hyperparams(optimizer, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    assert optimizer.param_groups[0]["lr"] == 0.02 and "weight_decay" not in optimizer.param_groups[0]
+    assert get_hyperparams(optimizer) == {"lr": 0.02, "momentum": 0.0, "weight_decay": 0.0}
+    warnings = [r.getMessage() for r in caplog.records if "has no weight_decay" in r.getMessage()]
+    assert warnings == ["Rprop has no weight_decay: the weight_decay pbt searches has no effect on it"]
