@@ -139,6 +139,7 @@ def load_checked(args: argparse.Namespace) -> ExperimentConfig:
     check_storage(config)
     hosts = connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
     check_cluster_storage(config, hosts)
+    check_member_resources(config, args.address)
     config.storage.sync_down()  # a URI's earlier results, e.g. the pbt arm a later `pbt grid` is compared with
     return config
 
@@ -155,6 +156,15 @@ def connect(address: str | None) -> int:
         return 1
     ensure_ray(address=address)  # checks the address first: a bad or dead one is one line, at once
     return len({node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]})
+
+
+def check_member_resources(config: ExperimentConfig, address: str | None) -> None:
+    """Refuse resources no machine has (Tune would wait for them forever); on an autoscaling cluster, say so."""
+    from pbt.resources import require_resources
+
+    note = require_resources(config.resources, on_cluster=bool(address or os.environ.get("RAY_ADDRESS")))
+    if note:
+        print(note)
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
@@ -203,6 +213,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
     config, arms, space = load_job(args.folder)
     check_cluster_storage(config, connect(args.address))
+    check_member_resources(config, args.address)
     print(f"Resuming {_where(config.storage)}: {', '.join(arms)} (finished runs are kept, "
           "unfinished ones continue from their last checkpoint)")
     return run_arms(config, space, arms)

@@ -41,6 +41,8 @@ CASES = [
     ("one-cycle momenta reversed", "run", {"one_cycle": {"base_momentum": 0.99}}, [], "base_momentum must not exceed max_momentum"),
     ("target accuracy above 1", "run", {}, ["compare.target_val_acc=1.5"], "compare.target_val_acc: Input should be less than or equal to 1"),
     ("no CPU", "pbt", {}, ["resources.cpu=0"], "resources.cpu: Input should be greater than 0, but got 0"),
+    ("more GPUs than the machine has", "pbt", {}, ["resources.gpu=64"], "resources.gpu=64: each member asks for 64 GPUs on one machine, but this machine has"),
+    ("more CPUs than the machine has", "run", {}, ["resources.cpu=64"], "resources.cpu=64: each member asks for 64 CPUs on one machine, but this machine has"),
     ("unknown optimizer", "lr-find", {}, ["trainer.optimizer=lbfgs"], "trainer.optimizer: Input should be 'sgd', 'adam', 'adamw', 'rmsprop', 'adagrad' or 'adadelta'"),
     ("bad experiment name", "pbt", {}, ["name=a/b"], "name: String should match pattern"),
     ("trainer file missing", "pbt", {"trainable": "no_such_file.py:Model"}, [], "no_such_file.py' does not exist"),
