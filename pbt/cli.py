@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbt.config import ExperimentConfig, load_config, load_saved_config, read_json
 from pbt.errors import PbtError
+from pbt.interrupts import as_interrupted, terminate_raises
 from pbt.lr_range import RangeSweep
 from pbt.space import SearchSpace
 
@@ -39,13 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _show_exploits()
     try:
-        return args.handler(args)
+        with terminate_raises():
+            return args.handler(args)
     except PbtError as err:
         print(f"pbt: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("pbt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see terminate_raises)
+        stop = as_interrupted(err)
+        print(stop.message(), file=sys.stderr)
+        return stop.exit_code
 
 
 def _show_exploits() -> None:
@@ -224,7 +227,10 @@ def start_job(config: ExperimentConfig, arms: tuple[str, ...], overwrite: bool) 
     from pbt.experiment import check_fresh, save_job
 
     check_fresh(config.storage, arms, overwrite)
-    space = prepare_space(config)
+    try:
+        space = prepare_space(config)
+    except KeyboardInterrupt as err:
+        raise as_interrupted(err, where="before training began: nothing to resume, run the command again") from None
     save_job(config, arms, space)
     config.storage.sync_up()
     return run_arms(config, space, arms)
@@ -234,9 +240,13 @@ def run_arms(config: ExperimentConfig, space: SearchSpace, arms: tuple[str, ...]
     started = time.perf_counter()
     stages = {"pbt": pbt_stage, "grid": grid_stage, "one_cycle": one_cycle_stage}
     failed = 0
-    for arm in arms:
-        failed += stages[arm](config, space)
-        config.storage.sync_up()
+    try:
+        for arm in arms:
+            failed += stages[arm](config, space)
+            config.storage.sync_up()
+    except KeyboardInterrupt as err:
+        config.storage.sync_up()  # a URI gets the reports so far: `pbt resume` may run on another machine
+        raise as_interrupted(err, resume=_where(config.storage)) from None
     if len(arms) > 1:
         compare_stage(config.experiment_dir)
         print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "

@@ -26,10 +26,11 @@ from pbt.compare import ARM_TITLES, compare_arms, load_arms
 from pbt.config import ExperimentConfig, load_saved_config, read_json
 from pbt.errors import PbtError
 from pbt.grid import AXES_FILE, grid_axes, grid_points, point_label
-from pbt.launch import ensure_ray, run_grid, run_one_cycle, run_population
-from pbt.lineage import POLICY_LOG, build_lineage
+from pbt.launch import ensure_ray, exploit_log, run_grid, run_one_cycle, run_population
+from pbt.lineage import build_lineage
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
+from pbt.scheduler import POLICY_LOG
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
 from pbt.space import SearchSpace, space_from_dict
 from pbt.storage import TENSORBOARD, PeriodicUpload, Storage, split_experiment
@@ -176,11 +177,17 @@ def pbt_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.C
     folder = config.experiment_dir
     ensure_ray()
     grid = run_population(config, space, callbacks=[*arm_callbacks(config, "pbt"), *callbacks])
-    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
+    lineage = build_lineage(list(grid), read_policy_log(config))
     lineage["space"] = space.to_dict()
     (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
     write_hparams(folder, "pbt", folder / TENSORBOARD)
     return lineage, list(grid.errors)
+
+
+def read_policy_log(config: ExperimentConfig) -> str | None:
+    """Every exploit of the population: pbt's own log, else (experiments from before it) Ray's."""
+    ours = exploit_log(config)
+    return ours.read_text() if ours.is_file() else config.storage.read_text(f"pbt/{POLICY_LOG}")
 
 
 def grid_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:

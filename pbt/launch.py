@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,9 +20,10 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
+from pbt.interrupts import GracefulStop, Interrupted
 from pbt.one_cycle import OneCycleMember
 from pbt.ray_adapter import METRIC, PBTMember
-from pbt.scheduler import ClippedPBT
+from pbt.scheduler import EXPLOIT_LOG, ClippedPBT
 from pbt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,9 @@ def quiet_tune() -> None:
     # Tune's console tables and its hint to open TensorBoard on Ray's session folder would
     # point users away from the experiment folder; the legacy engine at verbose=0 is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Short epochs make Tune snapshot its state often (a snapshot follows every `num_to_keep`
+    # checkpoints) and warn about it in three lines a user can do nothing about.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A resumed trial makes Tune's JSON/CSV loggers look for a remote copy of result.json that a
     # local run never has, and warn each time.
     logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
@@ -130,8 +135,13 @@ def run_population(
         "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
         **{name: bound.domain() for name, bound in space.bounds.items()},
     }
-    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed)
+    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed, exploit_log=exploit_log(config))
     return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks)
+
+
+def exploit_log(config: ExperimentConfig) -> Path:
+    """Where the population's exploits are logged for `lineage.json` (see `ClippedPBT.exploit_log`)."""
+    return config.experiment_dir / "pbt" / EXPLOIT_LOG
 
 
 def run_grid(
@@ -168,12 +178,13 @@ def run_trials(
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
     )
     storage = config.storage
-    restore = partial(_restore, f"{storage.path}/{arm}", trainable, storage.tune_filesystem, callbacks or [])
+    restore = partial(_restore, f"{storage.path}/{arm}", trainable, storage.tune_filesystem, callbacks or [],
+                      exploit_log(config) if arm == "pbt" else None)
     if tune.Tuner.can_restore(f"{storage.path}/{arm}", storage_filesystem=storage.tune_filesystem):
         # The arm was cut off (`pbt resume`): Tune continues each unfinished trial from its last
         # checkpoint and keeps the finished ones; the scheduler and callbacks come back from Tune's tuner.pkl.
         log.info("resuming %s from %s", arm, storage.shown(arm))
-        return _fit_with_retries(restore(resume_unfinished=True, resume_errored=True), arm, restore)
+        return _fit_with_retries(restore(resume_unfinished=True, resume_errored=True), arm, config.population.epochs, restore)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -195,24 +206,30 @@ def run_trials(
             verbose=0,
         ),
     )
-    return _fit_with_retries(tuner, arm, restore)
+    return _fit_with_retries(tuner, arm, config.population.epochs, restore)
 
 
-def _restore(path: str, trainable: Any, filesystem: Any, callbacks: list[tune.Callback], **flags: bool) -> tune.Tuner:
-    """`Tuner.restore` with this run's callbacks.
+def _restore(
+    path: str, trainable: Any, filesystem: Any, callbacks: list[tune.Callback], exploits: Path | None, **flags: bool
+) -> tune.Tuner:
+    """`Tuner.restore` with this run's callbacks and exploit log.
 
-    Tune brings back the callbacks pickled with the experiment, and ours hold the folder they
-    write to: that of the process that was killed, which may be another machine's staging copy or
-    a folder that has since moved. Tuner.restore takes no callbacks, hence the private attribute
-    (checked by tests/test_object_storage.py against the Ray version in constraints.txt).
+    Tune brings back the callbacks and scheduler pickled with the experiment, and they hold the
+    folder they write to: that of the process that was killed, which may be another machine's
+    staging copy or a folder that has since moved. Tuner.restore takes neither, hence the private
+    attributes (checked by tests/test_object_storage.py and tests/test_interrupt.py against the
+    Ray version in constraints.txt).
     """
     tuner = tune.Tuner.restore(path, trainable=trainable, storage_filesystem=filesystem, **flags)
     tuner._local_tuner.get_run_config().callbacks = callbacks
+    scheduler = tuner._local_tuner._tune_config.scheduler
+    if isinstance(scheduler, ClippedPBT):
+        scheduler.exploit_log = exploits
     return tuner
 
 
 def _fit_with_retries(
-    tuner: tune.Tuner, arm: str, restore: Callable[..., tune.Tuner], rounds: int = 1
+    tuner: tune.Tuner, arm: str, epochs: int, restore: Callable[..., tune.Tuner], rounds: int = 1
 ) -> tune.ResultGrid:
     """`fit()`, then resume errored trials from their checkpoints, `rounds` more times at most.
 
@@ -220,13 +237,35 @@ def _fit_with_retries(
     two requests in flight (a step and a checkpoint), the second failure arrives after the retry
     was scheduled and ends the trial for good. Restoring the experiment gives such trials back.
     """
-    results = tuner.fit()
+    results = _fit(tuner, arm, epochs)
     for _ in range(rounds):
         if not results.errors:
             break
         log.warning("%d trial(s) of %s failed; resuming them from their last checkpoints", len(results.errors), arm)
-        results = restore(resume_errored=True).fit()
+        results = _fit(restore(resume_errored=True), arm, epochs)
     return results
+
+
+def _fit(tuner: tune.Tuner, arm: str, epochs: int) -> tune.ResultGrid:
+    """`fit()`; stopped by Ctrl-C or SIGTERM, it saves every run's state and raises `Interrupted`
+    saying how far the arm got, rather than returning a partial result as if it were final."""
+    with GracefulStop() as stop:
+        results = tuner.fit()
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, where=progress_text(arm, epochs, [r.metrics or {} for r in results]))
+    return results
+
+
+def progress_text(arm: str, epochs: int, metrics: list[dict[str, Any]]) -> str:
+    """How far the runs of an arm got: `in pbt: 1 of 4 runs finished, the others at epochs 12-14 of 40`."""
+    reached = [m.get("training_iteration", 0) for m in metrics]
+    finished = sum(epoch >= epochs for epoch in reached)
+    others = [epoch for epoch in reached if epoch < epochs]
+    low, high = min(others, default=0), max(others, default=0)
+    at = f"at epoch {low}" if low == high else f"at epochs {low}-{high}"
+    if not finished:
+        return f"in {arm}: its {len(reached)} runs {at} of {epochs}"
+    return f"in {arm}: {finished} of {len(reached)} runs finished, the others {at} of {epochs}"
 
 
 def _point_value(points: list[dict[str, Any]], name: str, config: dict[str, Any]) -> Any:

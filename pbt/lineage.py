@@ -1,7 +1,8 @@
 """What PBT did: who copied whom (Ray's policy log), each member's result, and the best schedule.
 
 Ray writes every exploit to `pbt_global.txt` as `[member tag, donor tag, member iteration, donor
-iteration, donor config, new config]`. The per-epoch schedule of the best member comes from the
+iteration, donor config, new config]`; pbt keeps a copy of each line in `exploits.jsonl`, which
+unlike Ray's file survives `pbt resume`. The per-epoch schedule of the best member comes from the
 history that travels inside member checkpoints (see `pbt.ray_adapter`), so it stays whole across
 any number of exploits. `replay` retrains that schedule from scratch as one run.
 """
@@ -22,9 +23,6 @@ from pbt.registry import build_trainer
 from pbt.trainer import evaluation
 
 log = logging.getLogger(__name__)
-
-POLICY_LOG = "pbt_global.txt"
-
 
 def read_exploits(policy_log: str | None) -> list[dict[str, Any]]:
     """Every exploit in the text of Ray's policy log (None: no exploit yet), in the order it happened:

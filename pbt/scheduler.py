@@ -1,7 +1,7 @@
 """Ray Tune's PopulationBasedTraining, with exploration clipped to the search space's bounds.
 
 Only the explore step is ours (`pbt.space.explore`); truncation selection, exploit through
-checkpoints and the policy log (`pbt_global.txt`) are Ray's. `_get_new_config` is the hook Ray's
+checkpoints and the policy log (`pbt_global.txt`, copied to `exploits.jsonl`) are Ray's. `_get_new_config` is the hook Ray's
 own PB2 scheduler overrides for the same purpose. One scheduling decision is changed, for
 clusters: see `keep_running`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import ray
 from ray.tune.experiment import Trial
@@ -22,12 +23,25 @@ from pbt.space import SearchSpace, explore
 log = logging.getLogger(__name__)
 
 
-class ClippedPBT(PopulationBasedTraining):
-    """PBT whose explore step never leaves the bounds of the search space, and says what it did."""
+POLICY_LOG = "pbt_global.txt"  # Ray's log of every exploit, in the driver's staging folder of the arm
+EXPLOIT_LOG = "exploits.jsonl"  # pbt's copy of it, in the experiment folder: see ClippedPBT.exploit_log
 
-    def __init__(self, space: SearchSpace, population: PopulationConfig, metric: str, seed: int = 0) -> None:
+
+class ClippedPBT(PopulationBasedTraining):
+    """PBT whose explore step never leaves the bounds of the search space, and says what it did.
+
+    `exploit_log`, when set, receives a copy of each line Ray writes to its policy log. Ray's own
+    file starts over when the experiment is restored (`pbt resume`: the restored scheduler knows
+    nothing of the exploits before), so only the copy holds every exploit of an interrupted run.
+    """
+
+    def __init__(
+        self, space: SearchSpace, population: PopulationConfig, metric: str, seed: int = 0,
+        exploit_log: Path | None = None,
+    ) -> None:
         self.space = space
         self.rng = random.Random(seed)
+        self.exploit_log = exploit_log
         super().__init__(
             time_attr="training_iteration",
             metric=metric,
@@ -54,6 +68,14 @@ class ClippedPBT(PopulationBasedTraining):
                  trial_to_clone.last_result.get("training_iteration", "?"), "; ".join(changes.values()))
         operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
         return new_config, operations
+
+    def _log_config_on_step(self, trial_state, new_state, trial: Trial, trial_to_clone: Trial, new_config: dict) -> None:
+        super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
+        if self.exploit_log is not None:  # the line Ray has just appended, copied as it is
+            policy = Path(trial.local_experiment_path, POLICY_LOG).read_text().splitlines()[-1]
+            self.exploit_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.exploit_log.open("a") as stream:
+                stream.write(policy + "\n")
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)

@@ -10,7 +10,9 @@ import pytest
 import synthetic
 from pbt.config import validate_config
 from pbt.launch import run_population
-from pbt.lineage import POLICY_LOG, build_lineage
+from pbt.experiment import read_policy_log
+from pbt.lineage import build_lineage
+from pbt.scheduler import POLICY_LOG
 from pbt.space import search_space
 
 pytestmark = pytest.mark.slow
@@ -47,7 +49,9 @@ def test_every_member_finishes_although_some_diverged(population_run):
 
 def test_exploits_replace_diverged_members_within_the_bounds(population_run):
     config, space, grid, folder = population_run
-    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
+    # Without a resume, pbt's copy of the policy log is Ray's, line for line.
+    assert read_policy_log(config) == config.storage.read_text(f"pbt/{POLICY_LOG}")
+    lineage = build_lineage(list(grid), read_policy_log(config))
     assert lineage["exploits"], "with 3 perturbation rounds someone is exploited"
     for exploit in lineage["exploits"]:
         for name, (_, new) in exploit["changes"].items():
@@ -60,7 +64,7 @@ def test_exploits_replace_diverged_members_within_the_bounds(population_run):
 
 def test_the_best_members_schedule_covers_every_epoch(population_run):
     config, space, grid, folder = population_run
-    lineage = build_lineage(list(grid), config.storage.read_text(f"pbt/{POLICY_LOG}"))
+    lineage = build_lineage(list(grid), read_policy_log(config))
     best = lineage["best"]
     assert best["final_val_acc"] == max(r.metrics["val_acc"] for r in grid)
     schedule = best["schedule"]
