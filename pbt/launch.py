@@ -36,16 +36,17 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     whatever cluster `ray start` last left running on this machine. Does nothing if this process
     is already connected.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_address(address)  # even when connected already: a bad address is always refused
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # Ray 2.60 turns token authentication on for a local instance and warns at every start that
         # it did; the run listens on loopback only, and the line would only puzzle (Ray's logger).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **_QUIET)
         return
-    check_address(address)
     with _stderr_captured() as captured:
         try:
             ray.init(address=address, **_QUIET)
