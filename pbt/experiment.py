@@ -30,8 +30,8 @@ from pbt.launch import ensure_ray, exploit_log, run_grid, run_one_cycle, run_pop
 from pbt.lineage import build_lineage
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
-from pbt.scheduler import POLICY_LOG
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
+from pbt.scheduler import POLICY_LOG
 from pbt.space import SearchSpace, space_from_dict
 from pbt.storage import TENSORBOARD, PeriodicUpload, Storage, split_experiment
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TUNE_SIGINT_SETTING = "TUNE_DISABLE_SIGINT_HANDLER"
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 # Tune's own lines on a stop would tell users to call Tuner.restore(...); pbt says `pbt resume`.
@@ -82,7 +83,8 @@ class GracefulStop:
         self.previous = {}
         if threading.current_thread() is not threading.main_thread():
             return self  # neither Tune nor pbt can catch signals there
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tune in fit(); ours takes its place
+        self.tune_setting = os.environ.get(TUNE_SIGINT_SETTING)
+        os.environ[TUNE_SIGINT_SETTING] = "1"  # read by Tune in fit(); ours takes its place
         # Tune's stop handler goes on SIGUSR1 when its loop starts; a stale one from an earlier
         # fit() would stop nothing, so until then a signal stops at once (nothing ran yet).
         self.previous.update({signum: signal.signal(signum, self._stop) for signum in STOP_SIGNALS})
@@ -96,6 +98,10 @@ class GracefulStop:
             signal.signal(signum, handler)
         if self.previous:
             logging.getLogger("ray.tune.tune").removeFilter(self.quiet)
+            if self.tune_setting is None:
+                os.environ.pop(TUNE_SIGINT_SETTING, None)
+            else:
+                os.environ[TUNE_SIGINT_SETTING] = self.tune_setting
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         tune_stop = signal.getsignal(signal.SIGUSR1)
