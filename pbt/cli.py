@@ -23,6 +23,7 @@ from pbt.lr_range import RangeSweep
 from pbt.space import SearchSpace
 
 if TYPE_CHECKING:
+    from pbt.progress import PopulationProgress
     from pbt.storage import Storage
 
 EXIT_USAGE = 2
@@ -284,14 +285,13 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     """Run PBT, print the best member and its schedule; returns the number of failed members."""
     from pbt.experiment import pbt_arm
     from pbt.lineage import format_schedule
-    from pbt.progress import PopulationProgress
 
     population = config.population
     print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore every "
           f"{population.perturbation_interval} epochs (the bottom {population.quantile_fraction:.0%} copy the top "
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
-    lineage, errors = pbt_arm(config, space, [PopulationProgress("pbt", population.size, population.epochs)])
+    lineage, errors = pbt_arm(config, space, [_progress(config, "pbt", "pbt", population.size)])
     best = lineage["best"]
     print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}"
           f"{_test_text(best['final_test_acc'], ' (reported only; chosen by validation)')}")
@@ -308,7 +308,6 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     from pbt.compare import load_arms
     from pbt.experiment import grid_arm
     from pbt.grid import grid_axes
-    from pbt.progress import PopulationProgress
 
     axes = grid_axes(config, space)
     points = 1
@@ -321,7 +320,7 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     if points != config.population.size:
         print(f"  note: {points} grid points for {config.population.size} population members: "
               f"the grid spends {points / config.population.size:.0%} of the population's epochs")
-    _, errors = grid_arm(config, space, [PopulationProgress("grid", points, config.population.epochs)])
+    _, errors = grid_arm(config, space, [_progress(config, "grid", "grid", points)])
     chosen = load_arms(config.experiment_dir)["grid"].chosen
     if chosen:
         print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}"
@@ -333,17 +332,24 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
 def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     from pbt.compare import load_arms
     from pbt.experiment import one_cycle_arm
-    from pbt.progress import PopulationProgress
 
     settings = config.one_cycle
     print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.high:.3g} "
           f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}")
-    _, errors = one_cycle_arm(config, space, [PopulationProgress("one-cycle", 1, config.population.epochs)])
+    _, errors = one_cycle_arm(config, space, [_progress(config, "one_cycle", "one-cycle", 1)])
     chosen = load_arms(config.experiment_dir)["one_cycle"].chosen
     if chosen:
         print(f"One-cycle run: validation accuracy {chosen['val_acc']:.4f}{_test_text(chosen.get('test_acc'))}")
     _print_errors("run", errors)
     return len(errors)
+
+
+def _progress(config: ExperimentConfig, arm: str, title: str, runs: int) -> PopulationProgress:
+    """An arm's live progress line; a resumed arm counts on from its reports before the stop."""
+    from pbt.progress import PopulationProgress
+    from pbt.records import read_reports
+
+    return PopulationProgress(title, runs, config.population.epochs, earlier=read_reports(config.experiment_dir / arm))
 
 
 def compare_stage(folder: Path, target: float | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ray import tune
@@ -19,15 +20,20 @@ class PopulationProgress(tune.Callback):
     """
 
     def __init__(
-        self, label: str, runs: int, epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None
+        self, label: str, runs: int, epochs: int, every_seconds: float = 5.0, stream: TextIO | None = None,
+        earlier: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.label, self.runs, self.epochs, self.every = label, runs, epochs, every_seconds
-        self.finished = 0
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.last_print = 0.0
-        self.executed = 0  # epochs trained, including those a clone trains again after an exploit
-        self.diverged = 0
+        # A resumed arm goes on counting from its reports before the stop (pbt.records).
+        self.executed = sum(r["epochs_executed"] for r in earlier)  # clones' repeated epochs included
+        self.diverged = sum(bool(r["diverged"]) for r in earlier)
+        last_epochs: dict[str, int] = {}
+        for report in earlier:
+            last_epochs[report["label"]] = report["epoch"]
+        self.finished = sum(epoch >= epochs for epoch in last_epochs.values())
         self.best: dict[str, Any] | None = None
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

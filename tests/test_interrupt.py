@@ -105,3 +105,14 @@ def test_the_stop_line_says_what_to_type_and_exits_like_the_shell():
     early = as_interrupted(Interrupted(signal.SIGTERM), where="before training began: nothing to resume, run the command again")
     assert early.exit_code == 143
     assert early.message() == "pbt: stopped by SIGTERM before training began: nothing to resume, run the command again"
+
+
+def test_a_resumed_arm_counts_on_from_its_reports_before_the_stop():
+    from pbt.progress import PopulationProgress
+
+    def report(label: str, epoch: int, executed: int = 1) -> dict:
+        return {"label": label, "epoch": epoch, "epochs_executed": executed, "diverged": False}
+
+    earlier = [report("member_00", 1), report("member_01", 1), report("member_00", 2), report("member_01", 2, 0)]
+    progress = PopulationProgress("pbt", runs=2, epochs=2, earlier=earlier)
+    assert (progress.executed, progress.finished) == (3, 2)
