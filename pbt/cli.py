@@ -139,7 +139,9 @@ def load_checked(args: argparse.Namespace) -> ExperimentConfig:
     from pbt.experiment import check_cluster_storage, check_storage
 
     config = load_config(args.config, args.overrides)
-    trainer_settings(resolve_trainer(config.trainable), config.trainer)
+    # The settings as the trainer's schema makes them here (defaults filled, paths made absolute)
+    # are what every worker gets: a worker runs in another folder.
+    config = config.model_copy(update={"trainer": trainer_settings(resolve_trainer(config.trainable), config.trainer)})
     check_storage(config)
     hosts = connect(args.address)  # a cluster that cannot be reached fails here, before anything is written
     check_cluster_storage(config, hosts)

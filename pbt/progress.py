@@ -37,6 +37,8 @@ class PopulationProgress(tune.Callback):
         self.best: dict[str, Any] | None = None
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "gpu_peak_mib" in result:
+            self.stream.write(gpu_memory_line(trial.config.get("member"), result) + "\n")
         self.executed += result.get("epochs_executed", 1)
         self.diverged += bool(result.get("diverged"))
         improved = self.best is None or result[METRIC] > self.best[METRIC]
@@ -65,3 +67,12 @@ class PopulationProgress(tune.Callback):
             f"lr {best['lr']:.3g}, momentum {best['momentum']:.3g}, wd {best['weight_decay']:.2g}){diverged}\n"
         )
         self.stream.flush()
+
+
+def gpu_memory_line(member: Any, result: dict[str, Any]) -> str:
+    """How much of the GPU one member takes, to choose `resources.gpu` (see README)."""
+    peak, total = result["gpu_peak_mib"], result["gpu_total_mib"]
+    fit = int(total // peak) if peak > 0 else 0
+    return (f"  [gpu] member {member}: peak GPU memory {peak:.0f} MiB of "
+            f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool); by memory {fit} such members fit on the "
+            "GPU, fewer in practice: each process also holds a CUDA context of some hundred MiB")

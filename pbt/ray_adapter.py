@@ -82,6 +82,7 @@ class PBTMember(tune.Trainable):
         self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams, METRIC: metrics[METRIC]})
         return {
             **metrics,
+            **(gpu_memory(self.device) if self.iteration == 0 else {}),
             **hyperparams,
             "diverged": self.diverged,
             # Budget is counted from these, never from training_iteration, which a clone inherits.
@@ -92,6 +93,10 @@ class PBTMember(tune.Trainable):
 
     def _start_fresh(self) -> None:
         """A new trial on a reused actor: start from its own seed, not the last trial's weights."""
+        if self.device.type == "cuda":  # give the last trial's GPU memory back before building anew
+            del self.trainer
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.trainer = self._new_trainer(self.config)
         self.history = []
         self.fresh = False
@@ -114,6 +119,17 @@ class PBTMember(tune.Trainable):
         set_hyperparams(self.trainer.optimizer, **self.hyperparams())
         self.history = [dict(entry) for entry in state["history"]]
         self.diverged = bool(state["diverged"])
+
+
+def gpu_memory(device: torch.device) -> dict[str, float]:
+    """On CUDA: the most memory PyTorch has held in this process so far and the GPU's total, in MiB
+    (reported after a member's first epoch, to size `resources.gpu`); nothing on the CPU."""
+    if device.type != "cuda":
+        return {}
+    return {
+        "gpu_peak_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+        "gpu_total_mib": torch.cuda.get_device_properties(device).total_memory / 2**20,
+    }
 
 
 def load_member_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

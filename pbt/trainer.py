@@ -144,9 +144,13 @@ class TensorClassificationTrainer(Trainer):
             idx = order[start : start + self.batch_size]
             yield self.x_train[idx], self.y_train[idx]
 
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """The logits of a batch; subclasses may convert or augment the stored inputs first."""
+        return self.model(x)
+
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.forward(x, train=True), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -167,7 +171,7 @@ class TensorClassificationTrainer(Trainer):
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for start in range(0, len(x), self.eval_batch_size):
-            logits = self.model(x[start : start + self.eval_batch_size])
+            logits = self.forward(x[start : start + self.eval_batch_size], train=False)
             target = y[start : start + self.eval_batch_size]
             loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
             correct += (logits.argmax(dim=1) == target).sum()
