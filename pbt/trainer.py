@@ -9,6 +9,7 @@ so a trainer builds its optimizer once, with any initial values.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -144,9 +145,19 @@ class TensorClassificationTrainer(Trainer):
             idx = order[start : start + self.batch_size]
             yield self.x_train[idx], self.y_train[idx]
 
+    def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """What the model takes, from a batch of the stored inputs: subclasses convert, normalise
+        or augment here (the packed engine calls it on all members' batches at once)."""
+        return x
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The context the model runs in, e.g. autocast; none by default."""
+        return contextlib.nullcontext()
+
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """The logits of a batch; subclasses may convert or augment the stored inputs first."""
-        return self.model(x)
+        """The logits of a batch of the stored inputs."""
+        with self.precision():
+            return self.model(self.inputs(x, train))
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch

@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,33 +30,21 @@ from pbt.config import validate_config
 from pbt.optim import make_optimizer, set_hyperparams
 from pbt.registry import build_trainer, pick_device
 from pbt.trainer import TensorClassificationTrainer
-from trainables.vision import CROP_PADDING, VisionTrainer, random_crop_and_flip
 
 
 def bare_epoch(trainer: TensorClassificationTrainer, model, optimizer) -> None:
-    """The loop a user would write by hand: randperm, slice, (vision: augment, normalise), forward,
-    backward, step; on the trainer's tensors, with its own copy of the model and optimizer."""
+    """The loop a user would write by hand: randperm, slice, (vision: the trainer's own on-device
+    augmentation and normalisation, `inputs`), forward, backward, step; on the trainer's tensors,
+    with its own copy of the model and optimizer."""
     x, y, batch_size = trainer.x_train, trainer.y_train, trainer.batch_size
-    prepare = vision_inputs(trainer) if isinstance(trainer, VisionTrainer) else (lambda batch: batch)
-    autocast = isinstance(trainer, VisionTrainer) and trainer.autocast
     order = torch.randperm(len(x), device=x.device)
     for start in range(0, len(x) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(model(prepare(x[idx])), y[idx])
+        with trainer.precision():
+            loss = F.cross_entropy(model(trainer.inputs(x[idx], train=True)), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-
-
-def vision_inputs(trainer: VisionTrainer) -> Callable[[torch.Tensor], torch.Tensor]:
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        if trainer.augment:
-            images = random_crop_and_flip(images, CROP_PADDING)
-        images = (images.float() / 255 - trainer.mean) / trainer.std
-        return images.contiguous(memory_format=trainer.memory_format)
-
-    return prepare
 
 
 def trainer_section(args: argparse.Namespace, data_dir: Path) -> dict:

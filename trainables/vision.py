@@ -100,12 +100,13 @@ class VisionTrainer(TensorClassificationTrainer):
         self.model = model.to(device, memory_format=self.memory_format)
         self.optimizer = make_optimizer(settings.optimizer, self.model.parameters(), nesterov=settings.nesterov)
 
-    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+    def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.augment:
             x = random_crop_and_flip(x, CROP_PADDING)
-        x = ((x.float() / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.model(x)
+        return ((x.float() / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+    def precision(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
 
 def random_crop_and_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
