@@ -1,0 +1,158 @@
+"""Packed populations: several members of one architecture trained as one vectorised model.
+
+A 5k-weight CNN is bound by per-operation overhead, not arithmetic: K members stepped one after
+the other pay that overhead K times. Here their weights, buffers and optimizer state are stacked
+along a leading member dimension (`torch.func.stack_module_state`) and one `vmap` of
+`functional_call` runs all of them, each on its own batch; `pbt.packed_optim` steps them with
+per-member hyperparameters. BatchNorm keeps per-member running statistics (its buffers are
+stacked too) and dropout draws a different mask per member (`randomness="different"`).
+
+This module is the engine's core, used in-process; running packs as Ray Tune trials is the next
+step (see the issue on packed populations).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from pbt.optim import HYPERPARAMS, get_hyperparams
+from pbt.packed_optim import PackedOptimizer
+from pbt.trainer import TensorClassificationTrainer
+
+
+class PackedModel:
+    """K copies of one architecture as stacked parameters and buffers, called as one model."""
+
+    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+        self.size = len(models)
+        self.params, self.buffers = stack_module_state(list(models))
+        # The template holds the architecture only; the weights come in through functional_call.
+        self.template = copy.deepcopy(models[0]).to("meta")
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """Every member's output: `x` is (K, batch, ...) with a batch per member, or with
+        `shared` one (batch, ...) that every member sees (evaluation)."""
+        run = vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")
+        return run(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.template.train(mode)
+
+    @torch.no_grad()
+    def copy_member(self, source: int, target: int) -> None:
+        """Member `target` takes `source`'s weights and buffers (an exploit inside the pack)."""
+        for tensor in (*self.params.values(), *self.buffers.values()):
+            tensor[target] = tensor[source]
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """One member as a plain model's `state_dict` (same keys), e.g. to move it to another pack."""
+        return {name: tensor[member].detach().clone() for name, tensor in {**self.params, **self.buffers}.items()}
+
+    @torch.no_grad()
+    def load_member_state_dict(self, member: int, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in {**self.params, **self.buffers}.items():
+            tensor[member] = state[name]
+
+
+class PackedTrainer:
+    """K members of a `TensorClassificationTrainer`: the lead member's data and input preparation,
+    each member's own weights, hyperparameters, batches and metrics.
+
+    `trainers` are built as the actor engine builds members (same class and settings, a seed each);
+    their models are stacked, their optimizers' hyperparameters carried over.
+    """
+
+    def __init__(self, trainers: Sequence[TensorClassificationTrainer], optimizer: str, nesterov: bool = False) -> None:
+        self.lead = trainers[0]
+        self.size = len(trainers)
+        self.model = PackedModel([trainer.model for trainer in trainers])
+        self.optimizer = PackedOptimizer(optimizer, list(self.model.params.values()), self.size, nesterov=nesterov)
+        for member, trainer in enumerate(trainers):
+            self.optimizer.set_hyperparams(member, **get_hyperparams(trainer.optimizer))
+
+    def batch_indices(self) -> Iterator[torch.Tensor]:
+        """One epoch: (K, batch) indices, each member in its own random order (ragged end dropped,
+        as `TensorClassificationTrainer.batches` does)."""
+        lead = self.lead
+        count, batch = len(lead.x_train), lead.batch_size
+        orders = torch.rand(self.size, count, device=lead.device).argsort(dim=1)
+        for start in range(0, count - batch + 1, batch):
+            yield orders[:, start : start + batch]
+
+    def train_step(self, indices: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and step for every member on its own batch; the (K,) losses, detached."""
+        lead = self.lead
+        x, y = lead.x_train[indices], lead.y_train[indices]
+        inputs = lead.inputs(x.flatten(0, 1), train=True).unflatten(0, indices.shape)
+        self.model.train(True)
+        with lead.precision():
+            logits = self.model(inputs)
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(indices.shape).mean(1)
+        self.optimizer.zero_grad()
+        # Each member's weights reach only its own loss: the sum's gradient is every member's own.
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach()
+
+    def train_epoch(self) -> list[float]:
+        """One epoch for every member; each member's mean training loss (NaN or inf if it diverged)."""
+        total = torch.zeros(self.size, device=self.lead.device)
+        steps = 0
+        for indices in self.batch_indices():
+            total += self.train_step(indices)
+            steps += 1
+        return (total / max(steps, 1)).tolist()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Per member: `val_loss`, `val_acc` (and `test_acc` when the lead has a test split)."""
+        lead = self.lead
+        self.model.train(False)
+        val_loss, val_acc = self._loss_and_accuracy(lead.x_val, lead.y_val)
+        metrics = [{"val_loss": loss, "val_acc": acc} for loss, acc in zip(val_loss, val_acc)]
+        if lead.x_test is not None and lead.y_test is not None:
+            for member, acc in zip(metrics, self._loss_and_accuracy(lead.x_test, lead.y_test)[1]):
+                member["test_acc"] = acc
+        return metrics
+
+    def _loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        lead = self.lead
+        loss_sum = torch.zeros(self.size, device=lead.device)
+        correct = torch.zeros(self.size, device=lead.device, dtype=torch.long)
+        for start in range(0, len(x), lead.eval_batch_size):
+            target = y[start : start + lead.eval_batch_size]
+            with lead.precision():
+                logits = self.model(lead.inputs(x[start : start + lead.eval_batch_size], train=False), shared=True)
+            loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), target.repeat(self.size), reduction="none").view(
+                self.size, -1).sum(1)
+            correct += (logits.argmax(dim=2) == target).sum(1)
+        return (loss_sum / len(x)).tolist(), (correct.float() / len(x)).tolist()
+
+    def hyperparams(self, member: int) -> dict[str, float]:
+        return self.optimizer.get_hyperparams(member)
+
+    def set_hyperparams(self, member: int, **values: float) -> None:
+        self.optimizer.set_hyperparams(member, **{name: values[name] for name in HYPERPARAMS if name in values})
+
+    def exploit(self, source: int, target: int) -> None:
+        """Inside the pack: `target` takes `source`'s weights, buffers and optimizer state (not its
+        hyperparameters, which explore sets next)."""
+        self.model.copy_member(source, target)
+        self.optimizer.copy_member(source, target)
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        """One member's model and optimizer state, plain tensors (a checkpoint, or an exploit across packs)."""
+        return {"model": self.model.member_state_dict(member), "optimizer": self.optimizer.member_state(member)}
+
+    def load_member_state(self, member: int, state: dict[str, Any]) -> None:
+        self.model.load_member_state_dict(member, state["model"])
+        self.optimizer.load_member_state(member, state["optimizer"])
