@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pbt.optim import HYPERPARAMS
+
 PACKABLE_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 
 # Constants of `pbt.optim.make_optimizer`'s optimizers (torch's defaults there).
@@ -52,7 +54,6 @@ STATE_KEYS = {
 }
 # Adagrad and Adadelta have no momentum: pbt's `set_hyperparams` ignores it and reads back 0.
 HAS_MOMENTUM = ("sgd", "adam", "adamw", "rmsprop")
-HYPERPARAMS = ("lr", "momentum", "weight_decay")
 
 
 class PackedOptimizer:
