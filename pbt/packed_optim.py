@@ -193,9 +193,9 @@ class PackedOptimizer:
                 tensor[member] = saved[key]
 
     def state_dict(self) -> dict[str, Any]:
-        """The whole pack's optimizer: tensors, strings and numbers only, so `torch.load(...,
-        weights_only=True)` reads it. The tensors are the live ones, as in `torch.optim`'s
-        `state_dict`: save or copy them before stepping again."""
+        """The whole pack's optimizer: tensors, strings and numbers only, so a `weights_only=True`
+        load reads it. The tensors are the live ones, as in `torch.optim`'s `state_dict`: save or
+        copy them before stepping again."""
         return {
             "optimizer": self.name,
             "members": self.members,

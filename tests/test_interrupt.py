@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stranger import StrangerTrainer
-
 pytestmark = pytest.mark.slow
 
 EPOCHS = 120
@@ -56,7 +54,7 @@ def test_two_ctrl_c_and_resumes_lose_no_exploit(tmp_path):
     config = tmp_path / "interrupted.yaml"
     config.write_text(yaml.safe_dump({
         "name": "interrupted",
-        "trainable": f"{Path(sys.modules[StrangerTrainer.__module__].__file__)}:StrangerTrainer",
+        "trainable": f"{Path(__file__).parent / 'stranger.py'}:StrangerTrainer",
         "storage_path": "results",
         "search": {"lr": {"low": 0.005, "high": 0.02}},
         "population": {"size": 4, "epochs": EPOCHS, "perturbation_interval": 4, "quantile_fraction": 0.25},

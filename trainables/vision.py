@@ -21,14 +21,16 @@ from pbt.trainer import TensorClassificationTrainer
 from trainables.vision_data import load_images, require_files, split_validation
 from trainables.vision_models import build_model
 
+DatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
+ModelName = Literal["mnist_cnn", "resnet20", "resnet56"]
 CROP_PADDING = 4  # CIFAR-10's standard augmentation (He et al. 2016): pad 4, random 32x32 crop, flip
 
 
 class VisionConfig(StrictModel):
     """The `trainer:` section of the vision built-ins (`trainable: mnist`, `fashion_mnist`, `cifar10`)."""
 
-    dataset: Literal["mnist", "fashion_mnist", "cifar10"]
-    model: Literal["mnist_cnn", "resnet20", "resnet56"]
+    dataset: DatasetName
+    model: ModelName
     data_dir: str = Field("data", description="Where torchvision's files are (and a pbt-cache/ of tensors is written).")
     download: bool = Field(False, description="Let torchvision download missing files (needs internet).")
     optimizer: OptimizerName = "sgd"
@@ -56,17 +58,17 @@ class VisionConfig(StrictModel):
 
 
 class MNISTConfig(VisionConfig):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "mnist"
-    model: Literal["mnist_cnn", "resnet20", "resnet56"] = "mnist_cnn"
+    dataset: DatasetName = "mnist"
+    model: ModelName = "mnist_cnn"
 
 
 class FashionMNISTConfig(MNISTConfig):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "fashion_mnist"
+    dataset: DatasetName = "fashion_mnist"
 
 
 class CIFAR10Config(VisionConfig):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "cifar10"
-    model: Literal["mnist_cnn", "resnet20", "resnet56"] = "resnet20"
+    dataset: DatasetName = "cifar10"
+    model: ModelName = "resnet20"
     augment: bool = True
 
 

@@ -85,8 +85,7 @@ def load_images(dataset: str, data_dir: str | Path, download: bool = False) -> I
     With `download=False` and the files absent, a `PbtError` says where they belong and which
     command fetches them; nothing is written to `data_dir` then.
     """
-    if dataset not in _SOURCES:
-        raise PbtError(f"trainer.dataset: unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+    _source(dataset)
     root = Path(data_dir).expanduser().absolute()
     cache = root / CACHE_FOLDER / f"{dataset}.pt"
     data = _read_cache(cache)
@@ -152,7 +151,7 @@ def _write_cache(data: ImageData, path: Path) -> None:
 def _read_files(dataset: str, root: Path, data_dir: str | Path, download: bool) -> ImageData:
     source = _SOURCES[dataset]
     folder = root / source.folder
-    if not all((folder / name).is_file() for name in source.files):
+    if not _has_files(source, folder):
         if not download:
             raise _missing(source, folder, data_dir)
         _download(dataset, root, folder)
@@ -170,14 +169,22 @@ def _read_files(dataset: str, root: Path, data_dir: str | Path, download: bool) 
 def require_files(dataset: str, data_dir: str | Path) -> None:
     """Raise the missing-files `PbtError` now unless the cache or every file is there: the driver
     checks before anything runs, rather than each member failing when it loads."""
-    if dataset not in _SOURCES:
-        raise PbtError(f"trainer.dataset: unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
-    source = _SOURCES[dataset]
+    source = _source(dataset)
     root = Path(data_dir).expanduser().absolute()
     folder = root / source.folder
-    if (root / CACHE_FOLDER / f"{dataset}.pt").is_file() or all((folder / name).is_file() for name in source.files):
+    if (root / CACHE_FOLDER / f"{dataset}.pt").is_file() or _has_files(source, folder):
         return
     raise _missing(source, folder, data_dir)
+
+
+def _source(dataset: str) -> _Source:
+    if dataset not in _SOURCES:
+        raise PbtError(f"trainer.dataset: unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+    return _SOURCES[dataset]
+
+
+def _has_files(source: _Source, folder: Path) -> bool:
+    return all((folder / name).is_file() for name in source.files)
 
 
 def _missing(source: _Source, folder: Path, data_dir: str | Path) -> PbtError:
