@@ -54,11 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_exploits() -> None:
     """Print each exploit/explore step of the PBT scheduler as it happens: `lr 0.02 -> 0.024 (x1.2)`."""
-    scheduler_log = logging.getLogger("pbt.scheduler")
-    if not any(isinstance(h, _StdoutHandler) for h in scheduler_log.handlers):
-        scheduler_log.addHandler(_StdoutHandler())
-    scheduler_log.setLevel(logging.INFO)
-    scheduler_log.propagate = False
+    for name in ("pbt.scheduler", "pbt.pack_scheduler"):  # members on actors, members in packs
+        scheduler_log = logging.getLogger(name)
+        if not any(isinstance(h, _StdoutHandler) for h in scheduler_log.handlers):
+            scheduler_log.addHandler(_StdoutHandler())
+        scheduler_log.setLevel(logging.INFO)
+        scheduler_log.propagate = False
 
 
 class _StdoutHandler(logging.Handler):
@@ -293,7 +294,8 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
           f"{population.perturbation_interval} epochs (the bottom {population.quantile_fraction:.0%} copy the top "
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
-    lineage, errors = pbt_arm(config, space, [_progress(config, "pbt", "pbt", population.size)])
+    packing = _packing(config, "pbt", [{"member": member} for member in range(population.size)])
+    lineage, errors = pbt_arm(config, space, [_progress(config, "pbt", "pbt", population.size)], packing)
     best = lineage["best"]
     print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}"
           f"{_test_text(best['final_test_acc'], ' (reported only; chosen by validation)')}")
@@ -305,11 +307,23 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     return len(errors)
 
 
+def _packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], kind: str = "members") -> Any:
+    """How the arm's runs are packed, said in a line (and why not, when `auto` could not pack)."""
+    from pbt.experiment import arm_packing
+
+    packing = arm_packing(config, arm, runs)
+    if packing.note:
+        print(f"  note: {packing.note}")
+    if packing.packed:
+        print(f"  {packing.describe(kind)}")
+    return packing
+
+
 def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     """Run the grid baseline and print its best point; returns the number of failed points."""
     from pbt.compare import load_arms
     from pbt.experiment import grid_arm
-    from pbt.grid import grid_axes
+    from pbt.grid import grid_axes, grid_points
 
     axes = grid_axes(config, space)
     points = 1
@@ -322,7 +336,8 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     if points != config.population.size:
         print(f"  note: {points} grid points for {config.population.size} population members: "
               f"the grid spends {points / config.population.size:.0%} of the population's epochs")
-    _, errors = grid_arm(config, space, [_progress(config, "grid", "grid", points)])
+    packing = _packing(config, "grid", grid_points(axes), kind="grid points")
+    _, errors = grid_arm(config, space, [_progress(config, "grid", "grid", points)], packing)
     chosen = load_arms(config.experiment_dir)["grid"].chosen
     if chosen:
         print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -144,9 +144,22 @@ class PopulationConfig(StrictModel):
     resample_probability: float = Field(0.25, ge=0, le=1)
     perturbation_factors: tuple[float, float] = (0.8, 1.2)
     synch: bool = Field(False, description="Exploit only when every member reached the interval.")
+    pack: Literal["auto"] | int = Field(
+        "auto",
+        description="Members trained as one vectorised model per slot (a CPU slot or a whole GPU): a number, "
+        "1 for one member per process, or auto (the population spread over the slots the machine or "
+        "cluster has, when the trainer packs). Packed PBT is synchronous.",
+    )
     checkpoints_to_keep: int = Field(
         8, ge=2, description="Per member; a donor's checkpoint must outlive the moment its clone loads it."
     )
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_size(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"pack must be auto or a number of members >= 1 (1: one member per process), but got {value!r}")
 
     @field_validator("perturbation_factors")
     @classmethod

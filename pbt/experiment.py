@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import ray
 from ray import tune
 
 from pbt.compare import ARM_TITLES, compare_arms, load_arms
@@ -28,6 +29,8 @@ from pbt.errors import PbtError
 from pbt.grid import AXES_FILE, grid_axes, grid_points, point_label
 from pbt.launch import ensure_ray, exploit_log, run_grid, run_one_cycle, run_population
 from pbt.lineage import build_lineage
+from pbt.pack_trial import is_pack_checkpoint, load_pack_state
+from pbt.packing import PACKING_FILE, Packing, plan_packing
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
@@ -162,7 +165,7 @@ def verify_checkpoints(storage: Storage, arms: tuple[str, ...]) -> None:
     for arm in arms:
         for checkpoint in storage.latest_checkpoints(arm):
             with storage.local_copy(checkpoint) as folder:
-                load_member_state(folder)
+                load_pack_state(folder) if is_pack_checkpoint(folder) else load_member_state(folder)
 
 
 def arm_callbacks(config: ExperimentConfig, arm: str, label=member_label) -> list[tune.Callback]:
@@ -172,11 +175,26 @@ def arm_callbacks(config: ExperimentConfig, arm: str, label=member_label) -> lis
     return [reports, *([PeriodicUpload(config.storage)] if config.storage.remote else [])]
 
 
-def pbt_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
+def arm_packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]]) -> Packing:
+    """How an arm's runs are packed: as decided when the arm first started (`packing.json`: a
+    resumed arm keeps its trials), else planned now for the cluster this process is connected to."""
+    path = config.experiment_dir / arm / PACKING_FILE
+    if path.is_file():
+        return Packing.from_dict(read_json(path))
+    ensure_ray()
+    packing = plan_packing(config, runs, ray.cluster_resources())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(packing.to_dict(), indent=1))
+    return packing
+
+
+def pbt_arm(
+    config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback], packing: Packing = Packing(),
+) -> tuple[dict, list]:
     """Run the population; write `lineage.json`. Returns the lineage and the failed members' errors."""
     folder = config.experiment_dir
     ensure_ray()
-    grid = run_population(config, space, callbacks=[*arm_callbacks(config, "pbt"), *callbacks])
+    grid = run_population(config, space, callbacks=[*arm_callbacks(config, "pbt"), *callbacks], packing=packing)
     lineage = build_lineage(list(grid), read_policy_log(config))
     lineage["space"] = space.to_dict()
     (folder / "lineage.json").write_text(json.dumps(lineage, indent=1))
@@ -190,14 +208,17 @@ def read_policy_log(config: ExperimentConfig) -> str | None:
     return ours.read_text() if ours.is_file() else config.storage.read_text(f"pbt/{POLICY_LOG}")
 
 
-def grid_arm(config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback]) -> tuple[dict, list]:
+def grid_arm(
+    config: ExperimentConfig, space: SearchSpace, callbacks: list[tune.Callback], packing: Packing = Packing(),
+) -> tuple[dict, list]:
     """Train every grid point for `population.epochs`; returns the axes and the failed points' errors."""
     folder = config.experiment_dir
     axes = grid_axes(config, space)
     (folder / "grid").mkdir(parents=True, exist_ok=True)
     (folder / "grid" / AXES_FILE).write_text(json.dumps(axes, indent=1))
     ensure_ray()
-    results = run_grid(config, grid_points(axes), callbacks=[*arm_callbacks(config, "grid", point_label), *callbacks])
+    results = run_grid(config, grid_points(axes), callbacks=[*arm_callbacks(config, "grid", point_label), *callbacks],
+                       packing=packing)
     write_hparams(folder, "grid", folder / TENSORBOARD)
     return axes, list(results.errors)
 

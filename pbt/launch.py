@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -21,7 +23,11 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.interrupts import GracefulStop, Interrupted
+from pbt.optim import HYPERPARAMS
 from pbt.one_cycle import OneCycleMember
+from pbt.pack_scheduler import PackExploits, start_board
+from pbt.pack_trial import MEMBERS, PackTrial
+from pbt.packing import Packing
 from pbt.ray_adapter import METRIC, PBTMember
 from pbt.scheduler import EXPLOIT_LOG, ClippedPBT
 from pbt.space import SearchSpace
@@ -129,9 +135,21 @@ def run_population(
     space: SearchSpace,
     callbacks: list[tune.Callback] | None = None,
     member_class: type[PBTMember] = PBTMember,
+    packing: Packing = Packing(),
 ) -> tune.ResultGrid:
-    """PBT over `space` with Ray Tune; trial folders go to `pbt/` of the experiment's storage."""
+    """PBT over `space` with Ray Tune; trial folders go to `pbt/` of the experiment's storage.
+    Packed (`packing.groups`): the packs are the trials and `PackedPBT` runs PBT across them."""
     population = config.population
+    if packing.packed:
+        # The board is where packs meet at each perturbation (`pbt.pack_scheduler`); its name
+        # follows from the experiment, so that trials restored by `pbt resume` find the new one.
+        board = "pbt-board-" + hashlib.sha1(str(config.experiment_dir).encode()).hexdigest()[:12]
+        handle = start_board(board, len(packing.groups), space.to_dict(), population, config.seed)
+        param_space = {**pack_space(initial_members(space, population.size, config.seed), packing), "board": board}
+        callbacks = [*(callbacks or []), PackExploits(exploit_log(config), board)]
+        results = run_trials(config, "pbt", PackTrial, param_space, None, callbacks, packing)
+        ray.kill(handle)  # held until here: Ray ends an actor once its last handle is gone
+        return results
     param_space = {
         "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
         **{name: bound.domain() for name, bound in space.bounds.items()},
@@ -140,15 +158,41 @@ def run_population(
     return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks)
 
 
+def initial_members(space: SearchSpace, size: int, seed: int) -> list[dict[str, Any]]:
+    """Each member's identity and starting hyperparameters, drawn as Tune draws them for actors:
+    uniformly (log-uniformly for lr and weight decay) inside the search space's starting bounds."""
+    rng = random.Random(seed)
+    return [{"member": member, **{name: bound.sample(rng) for name, bound in space.bounds.items()}}
+            for member in range(size)]
+
+
+def pack_space(runs: list[dict[str, Any]], packing: Packing) -> dict[str, Any]:
+    """Tune's param space for packs: a trial per group of `runs`, its members and their hyperparameters."""
+    packs = [[runs[index] for index in group] for group in packing.groups]
+    space = {
+        "pack": tune.grid_search(list(range(len(packs)))),
+        "members": tune.sample_from(partial(_pack_field, packs, lambda run: run["member"])),
+        "hyperparams": tune.sample_from(partial(_pack_field, packs, lambda run: {k: run[k] for k in HYPERPARAMS})),
+    }
+    if "optimizer" in runs[0]:
+        space["optimizer"] = tune.sample_from(lambda config: packs[config["pack"]][0]["optimizer"])
+    return space
+
+
+def _pack_field(packs: list[list[dict[str, Any]]], field: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> list:
+    return [field(run) for run in packs[config["pack"]]]
 def exploit_log(config: ExperimentConfig) -> Path:
     """Where the population's exploits are logged for `lineage.json` (see `ClippedPBT.exploit_log`)."""
     return config.experiment_dir / "pbt" / EXPLOIT_LOG
 
 
 def run_grid(
-    config: ExperimentConfig, points: list[dict[str, Any]], callbacks: list[tune.Callback] | None = None
+    config: ExperimentConfig, points: list[dict[str, Any]], callbacks: list[tune.Callback] | None = None,
+    packing: Packing = Packing(),
 ) -> tune.ResultGrid:
     """Every grid point trained for `population.epochs` epochs; trial folders go to `grid/`."""
+    if packing.packed:
+        return run_trials(config, "grid", PackTrial, pack_space(points, packing), None, callbacks, packing)
     param_space = {
         "member": tune.grid_search([point["member"] for point in points]),
         # Each point's values follow from its number; a product of grid_search axes could not be numbered.
@@ -171,13 +215,12 @@ def run_trials(
     param_space: dict[str, Any],
     scheduler: TrialScheduler | None,
     callbacks: list[tune.Callback] | None,
+    packing: Packing = Packing(),
 ) -> tune.ResultGrid:
     """The Tuner every arm shares: same trainable, resources, budget, checkpoints and failure handling."""
     quiet_tune()
-    trainable = tune.with_resources(
-        tune.with_parameters(member_class, experiment=config),
-        {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
-    )
+    resources = dict(packing.resources) if packing.packed else {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(member_class, experiment=config), resources)
     storage = config.storage
     restore = partial(_restore, f"{storage.path}/{arm}", trainable, storage.tune_filesystem, callbacks or [],
                       exploit_log(config) if arm == "pbt" else None)
@@ -200,7 +243,9 @@ def run_trials(
             storage_filesystem=storage.tune_filesystem,
             stop={"training_iteration": config.population.epochs},
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=config.population.checkpoints_to_keep, checkpoint_at_end=True
+                num_to_keep=config.population.checkpoints_to_keep, checkpoint_at_end=True,
+                # Packs never pause (see pbt.pack_scheduler): they checkpoint at each perturbation instead.
+                checkpoint_frequency=config.population.perturbation_interval if packing.packed else 0,
             ),
             failure_config=tune.FailureConfig(max_failures=3),
             callbacks=callbacks or [],
@@ -258,8 +303,9 @@ def _fit(tuner: tune.Tuner, arm: str, epochs: int) -> tune.ResultGrid:
 
 
 def progress_text(arm: str, epochs: int, metrics: list[dict[str, Any]]) -> str:
-    """How far the runs of an arm got: `in pbt: 1 of 4 runs finished, the others at epochs 12-14 of 40`."""
-    reached = [m.get("training_iteration", 0) for m in metrics]
+    """How far the runs of an arm got: `in pbt: 1 of 4 runs finished, the others at epochs 12-14 of 40`.
+    A pack counts as its members."""
+    reached = [m.get("training_iteration", 0) for m in metrics for _ in m.get(MEMBERS) or [None]]
     finished = sum(epoch >= epochs for epoch in reached)
     others = [epoch for epoch in reached if epoch < epochs]
     low, high = min(others, default=0), max(others, default=0)

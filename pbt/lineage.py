@@ -18,6 +18,7 @@ from typing import Any
 
 from pbt.config import ExperimentConfig
 from pbt.optim import HYPERPARAMS, set_hyperparams
+from pbt.pack_trial import is_pack_checkpoint, load_pack_state, member_results
 from pbt.ray_adapter import METRIC, load_member_state
 from pbt.registry import build_trainer
 from pbt.trainer import evaluation
@@ -51,7 +52,7 @@ def build_lineage(results: list[Any], policy_log: str | None) -> dict[str, Any]:
     """
     exploits = read_exploits(policy_log)
     members, checkpoints = [], {}
-    for result in sorted(results, key=lambda r: r.config["member"]):
+    for result in sorted(member_results(results), key=lambda r: r.config["member"]):
         member = result.config["member"]
         metrics = result.metrics or {}
         members.append({
@@ -70,13 +71,22 @@ def build_lineage(results: list[Any], policy_log: str | None) -> dict[str, Any]:
     schedule = []
     if checkpoints[best["member"]] is not None:
         with checkpoints[best["member"]].as_directory() as folder:  # a download when the storage is remote
-            schedule = load_member_state(folder)["history"]
+            schedule = read_history(folder, best["member"])
     return {
         "metric": METRIC,
         "best": {**best, "schedule": schedule},
         "members": members,
         "exploits": exploits,
     }
+
+
+def read_history(folder: str | Path, member: int) -> list[dict[str, Any]]:
+    """The hyperparameters of every epoch `member`'s lineage trained, from its checkpoint (an actor's
+    or its pack's)."""
+    if is_pack_checkpoint(folder):
+        state = load_pack_state(folder)
+        return state["histories"][list(state["members"]).index(member)]
+    return load_member_state(folder)["history"]
 
 
 def schedule_rows(schedule: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ along a leading member dimension (`torch.func.stack_module_state`) and one `vmap
 per-member hyperparameters. BatchNorm keeps per-member running statistics (its buffers are
 stacked too) and dropout draws a different mask per member (`randomness="different"`).
 
-This module is the engine's core, used in-process; running packs as Ray Tune trials is the next
-step (see the issue on packed populations).
+This module is the engine's core, used in-process; `pbt.pack_trial` runs a pack as a Ray Tune
+trial and `pbt.pack_scheduler` runs PBT across packs.
 """
 
 from __future__ import annotations
@@ -21,9 +21,43 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from pbt.optim import HYPERPARAMS, get_hyperparams
-from pbt.packed_optim import PackedOptimizer
-from pbt.trainer import TensorClassificationTrainer
+from pbt.config import ExperimentConfig
+from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
+from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer
+from pbt.registry import build_trainer
+from pbt.trainer import TensorClassificationTrainer, Trainer
+
+# What the packed engine does itself for every member at once: a trainer that overrides one of
+# these trains in its own way, which one vmapped step cannot reproduce.
+ENGINE_METHODS = ("batches", "train_step", "train_epoch", "evaluate", "forward", "steps_per_epoch")
+# torch's optimizer classes by the names `pbt.optim.make_optimizer` gives them.
+OPTIMIZER_NAMES = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw",
+                   torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad", torch.optim.Adadelta: "adadelta"}
+# A pack keeps its lead member's data only: the others' copies are dropped as they are built.
+DATA_ATTRIBUTES = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def packing_obstacle(cls: type[Trainer]) -> str | None:
+    """Why members of trainer class `cls` cannot be packed, or None when they can.
+
+    A pack runs `TensorClassificationTrainer`'s loop on stacked weights, so the class must be one
+    and must leave that loop alone: its hooks `inputs` and `precision` and its `__init__` (data,
+    model, optimizer) are its own, the rest is the engine's.
+    """
+    if not issubclass(cls, TensorClassificationTrainer):
+        return f"{cls.__name__} is not a pbt.TensorClassificationTrainer"
+    overridden = [name for name in ENGINE_METHODS if getattr(cls, name) is not getattr(TensorClassificationTrainer, name)]
+    if overridden:
+        return f"{cls.__name__} defines its own {', '.join(overridden)}"
+    return None
+
+
+def optimizer_obstacle(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why a trainer's optimizer cannot be packed, or None."""
+    name = OPTIMIZER_NAMES.get(type(optimizer))
+    if name is None:
+        return f"its optimizer {type(optimizer).__name__} is not one of {', '.join(PACKABLE_OPTIMIZERS)}"
+    return None
 
 
 class PackedModel:
@@ -73,11 +107,35 @@ class PackedTrainer:
 
     def __init__(self, trainers: Sequence[TensorClassificationTrainer], optimizer: str, nesterov: bool = False) -> None:
         self.lead = trainers[0]
+        self.device = self.lead.device
         self.size = len(trainers)
         self.model = PackedModel([trainer.model for trainer in trainers])
         self.optimizer = PackedOptimizer(optimizer, list(self.model.params.values()), self.size, nesterov=nesterov)
         for member, trainer in enumerate(trainers):
             self.optimizer.set_hyperparams(member, **get_hyperparams(trainer.optimizer))
+
+    @classmethod
+    def build(
+        cls, experiment: ExperimentConfig, members: Sequence[int], hyperparams: Sequence[dict[str, float]],
+        device: torch.device | str = "cpu",
+    ) -> PackedTrainer:
+        """Members `members` of the experiment, built as the actor engine builds them (seed
+        `experiment.seed + member`, so each starts from the same weights as it would alone), with
+        `hyperparams` each. Only the first member's data is kept."""
+        trainers = []
+        for index, (member, values) in enumerate(zip(members, hyperparams, strict=True)):
+            trainer = build_trainer(experiment, device=device, seed=experiment.seed + member)
+            obstacle = packing_obstacle(type(trainer)) or optimizer_obstacle(trainer.optimizer)
+            if obstacle:
+                raise ValueError(f"members of {experiment.trainable!r} cannot be packed: {obstacle}")
+            set_hyperparams(trainer.optimizer, **values)
+            if index:
+                for name in DATA_ATTRIBUTES:
+                    if hasattr(trainer, name):
+                        setattr(trainer, name, None)
+            trainers.append(trainer)
+        group = trainers[0].optimizer.param_groups[0]
+        return cls(trainers, OPTIMIZER_NAMES[type(trainers[0].optimizer)], nesterov=bool(group.get("nesterov", False)))
 
     def batch_indices(self) -> Iterator[torch.Tensor]:
         """One epoch: (K, batch) indices, each member in its own random order (ragged end dropped,
@@ -156,3 +214,37 @@ class PackedTrainer:
     def load_member_state(self, member: int, state: dict[str, Any]) -> None:
         self.model.load_member_state_dict(member, state["model"])
         self.optimizer.load_member_state(member, state["optimizer"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole pack (stacked tensors, plain types only: a `weights_only=True` load reads it),
+        and the RNG streams that draw its batches, crops and dropout masks."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"params": dict(self.model.params), "buffers": dict(self.model.buffers),
+                "optimizer": self.optimizer.state_dict(), "rng": rng}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for own, saved in ((self.model.params, state["params"]), (self.model.buffers, state["buffers"])):
+            for name, tensor in own.items():
+                tensor.copy_(saved[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+
+def member_of(state: dict[str, Any], member: int) -> dict[str, Any]:
+    """Slot `member` of a pack's `state_dict` as a `member_state`: what an exploit across packs
+    reads from the donor pack's checkpoint."""
+    optimizer = state["optimizer"]
+    return {
+        "model": {name: tensor[member] for name, tensor in {**state["params"], **state["buffers"]}.items()},
+        "optimizer": {
+            "optimizer": optimizer["optimizer"],
+            "hyperparams": {name: values[member] for name, values in optimizer["hyperparams"].items()},
+            "step": optimizer["step"][member],
+            "state": [{key: tensor[member] for key, tensor in entry.items()} for entry in optimizer["state"]],
+        },
+    }

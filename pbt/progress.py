@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from pbt.pack_trial import member_configs, member_reports
 from pbt.ray_adapter import METRIC
 
 
@@ -38,18 +39,19 @@ class PopulationProgress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "gpu_peak_mib" in result:
-            self.stream.write(gpu_memory_line(trial.config.get("member"), result) + "\n")
-        self.executed += result.get("epochs_executed", 1)
-        self.diverged += bool(result.get("diverged"))
-        improved = self.best is None or result[METRIC] > self.best[METRIC]
-        if improved:
-            self.best = {**result, "member": trial.config.get("member")}
+            self.stream.write(gpu_memory_line(trial.config, result) + "\n")
+        improved = False
+        for config, report in member_reports(trial.config, result):
+            self.executed += report.get("epochs_executed", 1)
+            self.diverged += bool(report.get("diverged"))
+            if self.best is None or report[METRIC] > self.best[METRIC]:
+                self.best, improved = {**report, "member": config.get("member")}, True
         now = time.monotonic()
         if (improved and now - self.last_print > 1.0) or now - self.last_print > self.every:
             self.print_line(now)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finished += 1
+        self.finished += len(member_configs(trial.config))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.print_line(time.monotonic())
@@ -69,10 +71,13 @@ class PopulationProgress(tune.Callback):
         self.stream.flush()
 
 
-def gpu_memory_line(member: Any, result: dict[str, Any]) -> str:
-    """How much of the GPU one member takes, to choose `resources.gpu` (see README)."""
+def gpu_memory_line(config: dict[str, Any], result: dict[str, Any]) -> str:
+    """How much of the GPU one member (or pack) takes, to choose `resources.gpu` (see README)."""
     peak, total = result["gpu_peak_mib"], result["gpu_total_mib"]
+    if "members" in config:
+        return (f"  [gpu] pack of members {', '.join(map(str, config['members']))}: peak GPU memory {peak:.0f} MiB of "
+                f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool)")
     fit = int(total // peak) if peak > 0 else 0
-    return (f"  [gpu] member {member}: peak GPU memory {peak:.0f} MiB of "
+    return (f"  [gpu] member {config.get('member')}: peak GPU memory {peak:.0f} MiB of "
             f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool); by memory {fit} such members fit on the "
             "GPU, fewer in practice: each process also holds a CUDA context of some hundred MiB")

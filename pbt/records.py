@@ -19,6 +19,7 @@ from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 
 from pbt.optim import HYPERPARAMS
+from pbt.pack_trial import member_configs, member_reports
 
 REPORTS_FILE = "reports.jsonl"
 METRICS = ("train_loss", "val_loss", "val_acc", "test_acc")
@@ -50,11 +51,13 @@ class ReportRecorder(tune.Callback):
         self.writers: dict[str, SummaryWriter] = {}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        record = to_record(self.arm, self.label(trial.config), result, time.monotonic() - self.started)
+        wall = time.monotonic() - self.started
+        records = [to_record(self.arm, self.label(config), report, wall) for config, report in member_reports(trial.config, result)]
         with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+            stream.writelines(json.dumps(record) + "\n" for record in records)
         if self.tensorboard is not None:
-            self._write_scalars(record)
+            for record in records:
+                self._write_scalars(record)
 
     def _write_scalars(self, record: dict[str, Any]) -> None:
         writer = self.writers.get(record["label"])
@@ -67,11 +70,11 @@ class ReportRecorder(tune.Callback):
                 writer.add_scalar(f"member/{name}", value, record["epoch"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # A member that failed for good (Ray's retries used up); the comparison counts these.
-        record = {"arm": self.arm, "label": self.label(trial.config), "failed": True,
-                  "wall_seconds": time.monotonic() - self.started}
+        # A member that failed for good (Ray's retries used up; a pack: each of its members); the comparison counts these.
+        wall = time.monotonic() - self.started
         with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+            for config in member_configs(trial.config):
+                stream.write(json.dumps({"arm": self.arm, "label": self.label(config), "failed": True, "wall_seconds": wall}) + "\n")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.close()

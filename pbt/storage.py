@@ -28,13 +28,14 @@ from ray import tune
 
 from pbt.errors import PbtError
 from pbt.grid import AXES_FILE
+from pbt.packing import PACKING_FILE
 from pbt.records import REPORTS_FILE
 
 log = logging.getLogger(__name__)
 
 TENSORBOARD = "tensorboard"
 # The driver's files inside an arm's folder; everything else there is Ray Tune's.
-ARM_FILES = (REPORTS_FILE, AXES_FILE)
+ARM_FILES = (REPORTS_FILE, AXES_FILE, PACKING_FILE)
 
 
 def is_uri(storage_path: str) -> bool:

@@ -32,6 +32,11 @@ from pbt.registry import build_trainer, pick_device
 from pbt.trainer import TensorClassificationTrainer
 
 
+# By module path, not entry-point name: the benchmark also runs from a checkout that is not installed.
+VISION_TRAINABLES = {"mnist": "trainables.vision:MNISTTrainer", "fashion_mnist": "trainables.vision:FashionMNISTTrainer",
+                     "cifar10": "trainables.vision:CIFAR10Trainer"}
+
+
 def bare_epoch(trainer: TensorClassificationTrainer, model, optimizer) -> None:
     """The loop a user would write by hand: randperm, slice, (vision: the trainer's own on-device
     augmentation and normalisation, `inputs`), forward, backward, step; on the trainer's tensors,
@@ -85,7 +90,7 @@ def main() -> None:
         data_dir = Path(args.data_dir or scratch)
         if args.task != "mnist1d" and not args.data_dir:
             write_random_images(args.task, data_dir, args.train_images)
-        config = validate_config({"trainable": args.task, "trainer": trainer_section(args, data_dir)})
+        config = validate_config({"trainable": VISION_TRAINABLES[args.task], "trainer": trainer_section(args, data_dir)})
         device = pick_device(args.gpu)
         trainer = build_trainer(config, device=device)
         ours, bare = compare(trainer, args)

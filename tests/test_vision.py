@@ -76,7 +76,7 @@ def test_every_crop_is_a_window_of_the_padded_image_maybe_flipped():
 
 def test_the_cpu_reports_no_gpu_memory_and_the_gpu_line_reads_well():
     assert gpu_memory(torch.device("cpu")) == {}
-    line = gpu_memory_line(3, {"gpu_peak_mib": 1000.0, "gpu_total_mib": 81559.0})
+    line = gpu_memory_line({"member": 3}, {"gpu_peak_mib": 1000.0, "gpu_total_mib": 81559.0})
     assert line.startswith("  [gpu] member 3: peak GPU memory 1000 MiB of 80 GiB after its first epoch")
     assert "by memory 81 such members fit" in line
 

@@ -1,0 +1,234 @@
+"""A pack of population members as one Ray Tune trial: K members trained as one vectorised model.
+
+The trial's config names its members (`members`, their identities and seeds) and each one's
+hyperparameters (`hyperparams`, a list in the same order). Every `step` trains one epoch of every
+member and reports them all under `members`; callbacks read them one by one through
+`member_reports`, so `reports.jsonl`, TensorBoard and progress look as they do for actors.
+
+In a population (the config names a `board`), a pack that has trained to a perturbation epoch
+offers its scores and state to `pbt.pack_scheduler.PlanBoard` at the start of its next step and
+gets back its moves: which slots take which member's weights and optimizer state, from this pack
+(an index copy) or another (its offered state). It reports what it applied (`exploits`), so the
+exploit log holds what happened.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
+from pbt.optim import HYPERPARAMS
+from pbt.packed import PackedTrainer, member_of
+from pbt.ray_adapter import METRIC, WORST_SCORE, gpu_memory
+from pbt.registry import pick_device
+
+PACK_FILE = "pack.pt"
+MEMBERS = "members"  # the key of a pack's result that holds one report per member
+
+
+class PackTrial(tune.Trainable):
+    """K members of one architecture: one epoch each per `step`, one checkpoint for the pack."""
+
+    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None) -> None:
+        self.experiment = experiment
+        self.device = pick_device(bool(ray.get_gpu_ids()) if ray.is_initialized() else False)
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self._build(config)
+
+    def _build(self, config: dict[str, Any]) -> None:
+        experiment = self.experiment
+        if "optimizer" in config:  # a grid over optimizers: each pack holds one optimizer's points
+            experiment = experiment.model_copy(update={"trainer": {**experiment.trainer, "optimizer": config["optimizer"]}})
+        self.members = list(config["members"])
+        self.pack = PackedTrainer.build(experiment, self.members, config["hyperparams"], self.device)
+        self.histories: list[list[dict[str, Any]]] = [[] for _ in self.members]
+        self.plan_epoch = 0  # the perturbation whose moves this pack applied last
+        self.scores = [WORST_SCORE] * len(self.members)  # each member's score at the last epoch
+        for slot, values in enumerate(config["hyperparams"]):
+            self.pack.set_hyperparams(slot, **values)
+        self.fresh = False
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # A reused actor: the same pack resuming (its checkpoint is restored next) or another
+        # pack, which needs its own members built (another size, other seeds).
+        if list(new_config["members"]) != self.members:
+            if self.device.type == "cuda":  # give the last pack's memory back before building anew
+                del self.pack
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self._build(new_config)
+        self.fresh = True  # cleared by a restore; a new trial starts from its seeds instead
+        return True
+
+    def step(self) -> dict[str, Any]:
+        if self.fresh:
+            self._build(self.config)
+        applied = self._exchange()
+        started = time.perf_counter()
+        losses = self.pack.train_epoch()
+        evaluations = self.pack.evaluate()
+        seconds = time.perf_counter() - started
+        epoch = self.iteration + 1
+        reports = []
+        for slot, member in enumerate(self.members):
+            hyperparams = self.pack.hyperparams(slot)
+            diverged = not math.isfinite(losses[slot])
+            # A diverged member reports the worst score, so that PBT replaces it first. It cannot stop
+            # computing as an actor does (the pack steps all members), and it cannot harm the others:
+            # no operation mixes members.
+            metrics = ({"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE} if diverged
+                       else {"train_loss": losses[slot], **evaluations[slot]})
+            self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams, METRIC: metrics[METRIC]})
+            self.scores[slot] = metrics[METRIC] if math.isfinite(metrics[METRIC]) else WORST_SCORE
+            reports.append({
+                "member": member, **metrics, **hyperparams, "diverged": diverged,
+                # Compute stays per member: each executed this epoch, for its share of the pack's time.
+                "epochs_executed": 1, "compute_seconds": seconds / len(self.members),
+            })
+        # Dicts, not lists: Tune's own TensorBoard logger flattens dicts and warns on lists.
+        return {
+            METRIC: max(report[METRIC] for report in reports),
+            MEMBERS: {str(slot): report for slot, report in enumerate(reports)},
+            "exploits": {str(index): move for index, move in enumerate(applied)},
+            **(gpu_memory(self.device) if self.iteration == 0 else {}),
+            "pack_seconds": seconds,
+            "node_id": self.node_id,
+        }
+
+    def _exchange(self) -> list[dict[str, Any]]:
+        """At a perturbation: offer this pack's members to the board, wait for every pack, apply the moves."""
+        epoch, population = self.iteration, self.experiment.population
+        if "board" not in self.config or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs:
+            return []
+        if self.plan_epoch >= epoch:
+            return []
+        members = [{"slot": slot, "member": member, "score": score, "hyperparams": self.pack.hyperparams(slot)}
+                   for slot, (member, score) in enumerate(zip(self.members, self.scores))]
+        state = ray.put(_to_cpu({"members": self.members, "pack": self.pack.state_dict(), "histories": self.histories}))
+        board = ray.get_actor(self.config["board"])
+        moves = ray.get(board.exchange.remote(self.config["pack"], epoch, members, [state]))
+        for move in moves:
+            if move["state"] is None:  # inside the pack: an index copy
+                self.pack.exploit(move["donor_slot"], move["slot"])
+                history = self.histories[move["donor_slot"]]
+            else:
+                donor = ray.get(move["state"][0])
+                self.pack.load_member_state(move["slot"], member_of(donor["pack"], move["donor_slot"]))
+                history = donor["histories"][move["donor_slot"]]
+            self.histories[move["slot"]] = [dict(entry) for entry in history]
+            self.pack.set_hyperparams(move["slot"], **move["hyperparams"])
+        self.plan_epoch = epoch
+        # What the log needs, not the donor's state: the report goes to the driver.
+        return [{key: value for key, value in move.items() if key != "state"} for move in moves]
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = {
+            "members": self.members,
+            "pack": self.pack.state_dict(),
+            "histories": self.histories,
+            "plan_epoch": self.plan_epoch,
+            "scores": self.scores,
+            "epoch": self.iteration,
+            "owner": self.trial_id,
+        }
+        torch.save(state, Path(checkpoint_dir) / PACK_FILE)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.fresh = False
+        state = load_pack_state(checkpoint_dir, self.device)
+        if list(state["members"]) != self.members:
+            raise PbtError(f"checkpoint {checkpoint_dir!r} holds members {state['members']}, this pack {self.members}")
+        self.pack.load_state_dict(state["pack"])
+        self.histories = [[dict(entry) for entry in history] for history in state["histories"]]
+        self.plan_epoch = int(state["plan_epoch"])
+        self.scores = [float(score) for score in state["scores"]]
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy with every tensor on the CPU (what another process, on any device, can read)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()  # ray.put copies it at once
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item) for item in value]
+    return value
+
+
+def load_pack_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A pack checkpoint, read without running any pickled code (`weights_only=True`)."""
+    path = Path(checkpoint_dir) / PACK_FILE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise PbtError(f"checkpoint {str(path)!r} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise PbtError(
+            f"checkpoint {str(path)!r} is damaged or not a pbt checkpoint, so it was not loaded "
+            f"({str(err).splitlines()[0][:160]})"
+        ) from None
+    if not isinstance(state, dict) or not {"members", "pack", "histories", "plan_epoch"} <= set(state):
+        raise PbtError(f"checkpoint {str(path)!r} is not a pbt pack checkpoint")
+    return state
+
+
+def is_pack_checkpoint(folder: str | Path) -> bool:
+    return (Path(folder) / PACK_FILE).is_file()
+
+
+def member_reports(config: dict[str, Any], result: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """A trial's result as (member config, member result) pairs: itself for an actor, one per member
+    for a pack. A member's config is what an actor's would be: `member`, its hyperparameters, and
+    `optimizer` in a grid over optimizers."""
+    if MEMBERS not in result:
+        yield config, result
+        return
+    shared = {key: result[key] for key in ("training_iteration", "node_id") if key in result}
+    for report in result[MEMBERS].values():
+        member_config = {"member": report["member"], **{name: report[name] for name in HYPERPARAMS}}
+        if "optimizer" in config:
+            member_config["optimizer"] = config["optimizer"]
+        yield member_config, {**report, **shared}
+
+
+def member_configs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's config as the configs of its members (an actor's: itself)."""
+    if "members" not in config:
+        return [config]
+    extra = {"optimizer": config["optimizer"]} if "optimizer" in config else {}
+    return [{"member": member, **values, **extra} for member, values in zip(config["members"], config["hyperparams"])]
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One member's part of a Tune result, shaped like the result of an actor: `config` (member and
+    hyperparameters), its last `metrics`, and the `checkpoint` that holds it (its pack's)."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint: Any
+
+
+def member_results(results: Iterable[Any]) -> list[Any]:
+    """Tune results of an arm as one result per member: packs split, actors' results as they are."""
+    members: list[Any] = []
+    for result in results:
+        metrics = result.metrics or {}
+        if MEMBERS in metrics:
+            members += [MemberResult(config, report, result.checkpoint) for config, report in member_reports(result.config, metrics)]
+        elif "members" in result.config:  # a pack that failed before its first report
+            members += [MemberResult(config, {}, result.checkpoint) for config in member_configs(result.config)]
+        else:
+            members.append(result)
+    return members

@@ -1,0 +1,95 @@
+"""How a population is packed: which members train together as one vectorised model (`population.pack`).
+
+`auto` spreads the population over the slots the machine or cluster has at once (a slot is
+`resources.cpu` CPUs, and a whole GPU when `resources.gpu` > 0), so every pack runs at the same
+time; a number packs that many members together; 1, or a trainer that cannot be packed, runs one
+member per process as before. A pack asks Ray for the resources of one slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
+from pbt.packed import optimizer_obstacle, packing_obstacle
+from pbt.registry import build_trainer, resolve_trainer
+
+PACKING_FILE = "packing.json"  # in an arm's folder: how its runs were packed, kept for `pbt resume`
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The engine an arm runs on: `groups` of members (indices into the arm's runs) per pack, or
+    none for one member per process; `note` says why in one line when `auto` fell back."""
+
+    groups: tuple[tuple[int, ...], ...] = ()
+    resources: tuple[tuple[str, float], ...] = ()
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": [list(group) for group in self.groups], "resources": dict(self.resources), "note": self.note}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Packing:
+        return cls(groups=tuple(tuple(group) for group in saved["groups"]),
+                   resources=tuple(saved["resources"].items()), note=saved.get("note"))
+
+    @property
+    def packed(self) -> bool:
+        return bool(self.groups)
+
+    def describe(self, runs: str = "members") -> str:
+        sizes = sorted({len(group) for group in self.groups})
+        size = " or ".join(str(s) for s in sizes)
+        where = "a whole GPU" if dict(self.resources).get("gpu") else f"{dict(self.resources)['cpu']:g} CPU"
+        return (f"packed: {sum(len(g) for g in self.groups)} {runs} in {len(self.groups)} pack(s) of {size}, "
+                f"each one vectorised model on {where} (population.pack=1: one process each)")
+
+
+def pack_obstacle(config: ExperimentConfig) -> str | None:
+    """Why this experiment's members cannot be packed (one line), or None."""
+    obstacle = packing_obstacle(resolve_trainer(config.trainable))
+    if obstacle is None:  # the optimizer is the trainer's choice: build one member to see it
+        obstacle = optimizer_obstacle(build_trainer(config, device="cpu").optimizer)
+    return obstacle
+
+
+def plan_packing(config: ExperimentConfig, runs: list[dict[str, Any]], cluster: dict[str, float]) -> Packing:
+    """Pack `runs` (members or grid points; each may name an `optimizer`) for a cluster with
+    `cluster` resources (`ray.cluster_resources()`)."""
+    wanted = config.population.pack
+    if wanted == 1 or len(runs) < 2:
+        return Packing()
+    obstacle = pack_obstacle(config)
+    if obstacle:
+        if wanted == "auto":
+            return Packing(note=f"population.pack=auto: {obstacle}, so each member trains in its own process "
+                                "(see README, 'Packed populations', for what a trainer needs to pack)")
+        raise PbtError(f"population.pack={wanted}: {obstacle}, so its members cannot be packed; set population.pack=1")
+    resources = {"cpu": config.resources.cpu, "gpu": float(math.ceil(config.resources.gpu))}
+    if wanted == "auto":
+        slots = [int(cluster.get(key.upper(), 0.0) // amount) for key, amount in resources.items() if amount > 0]
+        per_pack = math.ceil(len(runs) / max(1, min(slots)))
+    else:
+        per_pack = wanted
+    if per_pack < 2:  # as many slots as runs: one member per process is the same thing
+        return Packing()
+    groups: list[tuple[int, ...]] = []
+    for optimizer in dict.fromkeys(run.get("optimizer") for run in runs):  # a pack holds one optimizer
+        indices = [i for i, run in enumerate(runs) if run.get("optimizer") == optimizer]
+        groups.extend(_even_chunks(indices, math.ceil(len(indices) / per_pack)))
+    return Packing(groups=tuple(groups), resources=tuple(resources.items()))
+
+
+def _even_chunks(items: list[int], count: int) -> list[tuple[int, ...]]:
+    """`items` in `count` consecutive chunks whose sizes differ by one at most."""
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for index in range(count):
+        end = start + size + (index < extra)
+        chunks.append(tuple(items[start:end]))
+        start = end
+    return [chunk for chunk in chunks if chunk]
