@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import random
 import socket
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -141,13 +141,13 @@ def run_population(
     Packed (`packing.groups`): the packs are the trials and `PackedPBT` runs PBT across them."""
     population = config.population
     if packing.packed:
-        # The board is where packs meet at each perturbation (`pbt.pack_scheduler`); its name
-        # follows from the experiment, so that trials restored by `pbt resume` find the new one.
-        board = "pbt-board-" + hashlib.sha1(str(config.experiment_dir).encode()).hexdigest()[:12]
+        # The board is where packs meet at each perturbation (`pbt.pack_scheduler`). Its name goes
+        # to the packs with the trainable, not in their configs, which `pbt resume` restores as they were.
+        board = f"pbt-board-{uuid.uuid4().hex[:12]}"
         handle = start_board(board, len(packing.groups), space.to_dict(), population, config.seed)
-        param_space = {**pack_space(initial_members(space, population.size, config.seed), packing), "board": board}
+        param_space = pack_space(initial_members(space, population.size, config.seed), packing)
         callbacks = [*(callbacks or []), PackExploits(exploit_log(config), board)]
-        results = run_trials(config, "pbt", PackTrial, param_space, None, callbacks, packing)
+        results = run_trials(config, "pbt", PackTrial, param_space, None, callbacks, packing, board=board)
         ray.kill(handle)  # held until here: Ray ends an actor once its last handle is gone
         return results
     param_space = {
@@ -216,11 +216,13 @@ def run_trials(
     scheduler: TrialScheduler | None,
     callbacks: list[tune.Callback] | None,
     packing: Packing = Packing(),
+    **parameters: Any,
 ) -> tune.ResultGrid:
-    """The Tuner every arm shares: same trainable, resources, budget, checkpoints and failure handling."""
+    """The Tuner every arm shares: same trainable, resources, budget, checkpoints and failure handling.
+    `parameters` go to the trainable's `setup` beside the experiment."""
     quiet_tune()
     resources = dict(packing.resources) if packing.packed else {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    trainable = tune.with_resources(tune.with_parameters(member_class, experiment=config), resources)
+    trainable = tune.with_resources(tune.with_parameters(member_class, experiment=config, **parameters), resources)
     storage = config.storage
     restore = partial(_restore, f"{storage.path}/{arm}", trainable, storage.tune_filesystem, callbacks or [],
                       exploit_log(config) if arm == "pbt" else None)

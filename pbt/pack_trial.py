@@ -5,7 +5,7 @@ hyperparameters (`hyperparams`, a list in the same order). Every `step` trains o
 member and reports them all under `members`; callbacks read them one by one through
 `member_reports`, so `reports.jsonl`, TensorBoard and progress look as they do for actors.
 
-In a population (the config names a `board`), a pack that has trained to a perturbation epoch
+In a population (the trainable is given a `board`), a pack that has trained to a perturbation epoch
 offers its scores and state to `pbt.pack_scheduler.PlanBoard` at the start of its next step and
 gets back its moves: which slots take which member's weights and optimizer state, from this pack
 (an index copy) or another (its offered state). It reports what it applied (`exploits`), so the
@@ -40,8 +40,8 @@ MEMBERS = "members"  # the key of a pack's result that holds one report per memb
 class PackTrial(tune.Trainable):
     """K members of one architecture: one epoch each per `step`, one checkpoint for the pack."""
 
-    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None) -> None:
-        self.experiment = experiment
+    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None, board: str | None = None) -> None:
+        self.experiment, self.board = experiment, board
         self.device = pick_device(bool(ray.get_gpu_ids()) if ray.is_initialized() else False)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self._build(config)
@@ -109,15 +109,14 @@ class PackTrial(tune.Trainable):
     def _exchange(self) -> list[dict[str, Any]]:
         """At a perturbation: offer this pack's members to the board, wait for every pack, apply the moves."""
         epoch, population = self.iteration, self.experiment.population
-        if "board" not in self.config or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs:
+        if self.board is None or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs:
             return []
         if self.plan_epoch >= epoch:
             return []
         members = [{"slot": slot, "member": member, "score": score, "hyperparams": self.pack.hyperparams(slot)}
                    for slot, (member, score) in enumerate(zip(self.members, self.scores))]
         state = ray.put(_to_cpu({"members": self.members, "pack": self.pack.state_dict(), "histories": self.histories}))
-        board = ray.get_actor(self.config["board"])
-        moves = ray.get(board.exchange.remote(self.config["pack"], epoch, members, [state]))
+        moves = ray.get(ray.get_actor(self.board).exchange.remote(self.config["pack"], epoch, members, [state]))
         for move in moves:
             if move["state"] is None:  # inside the pack: an index copy
                 self.pack.exploit(move["donor_slot"], move["slot"])

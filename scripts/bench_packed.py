@@ -1,18 +1,29 @@
-"""Member-epochs per second: a packed population against the same members trained one after another.
+"""Member-epochs per wall second for 16 MNIST-1D members: packed against the actor engine and a bare loop.
 
-16 MNIST-1D members (the default config's model and data) on one CPU thread, as one PBT slot
-gets: once as one pack (`pbt.packed.PackedTrainer`, one vmapped model, each member on its own
-batches) and once as 16 separate trainers stepped one after the other, the loop a slot runs when
-each member is its own model. Rounds alternate (ABAB...) so machine noise hits both alike; the
-median round of each is compared.
+Three ways to train the same 16 members (the default config's model and data, SGD, batch 32, a
+spread of learning rates) for `--epochs` epochs on this machine, side by side in one run:
 
-    python scripts/bench_packed.py --members 16 --rounds 5
+- actor engine: pbt's grid arm on Ray Tune with `population.pack=1`, one member per process
+  (what a user of Ray Tune gets: a trial per member, `resources.cpu=1` each);
+- packed engine: the same grid arm with `population.pack=auto`, one pack per CPU slot;
+- bare loop: one plain PyTorch process per CPU core, each training its share of the members one
+  after another (no Ray, no evaluation beyond pbt's own per-epoch validation), the floor a
+  hand-written script would reach.
+
+Both engines include what a run costs: actor start-up, evaluation, reports, checkpoints. Then the
+core alone, in one process on one thread: one pack's epoch against the same members stepped one
+after another.
+
+    python scripts/bench_packed.py --epochs 20
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -22,43 +33,101 @@ from pbt.optim import set_hyperparams
 from pbt.packed import PackedTrainer
 from pbt.registry import build_trainer
 
+MEMBERS = 16
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5, help="timed epochs of each engine")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
-    config = validate_config({"trainer": {"batch_size": args.batch_size}})
-    separate = [build_trainer(config, seed=member) for member in range(args.members)]
-    for member, trainer in enumerate(separate):  # a spread of hyperparameters, as a population has
-        set_hyperparams(trainer.optimizer, lr=0.01 * (1 + member % 4), momentum=0.9, weight_decay=1e-4)
-    pack = PackedTrainer([build_trainer(config, seed=member) for member in range(args.members)], "sgd")
-    for member, trainer in enumerate(separate):
-        pack.set_hyperparams(member, lr=trainer.optimizer.param_groups[0]["lr"], weight_decay=1e-4)
+def points(count: int) -> list[dict]:
+    return [{"member": m, "lr": 0.01 * (1 + m % 4), "momentum": 0.9, "weight_decay": 1e-4} for m in range(count)]
 
+
+def engine_rate(pack: int | str, epochs: int, members: int) -> float:
+    """Member-epochs per second of the grid arm on Ray Tune, start-up and evaluation included."""
+    import ray
+
+    from pbt.launch import ensure_ray, run_grid
+    from pbt.packing import plan_packing
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = validate_config({"name": f"bench_{pack}", "storage_path": folder,
+                                  "population": {"size": members, "epochs": epochs, "pack": pack}})
+        ensure_ray()
+        packing = plan_packing(config, points(members), ray.cluster_resources())
+        started = time.perf_counter()
+        results = run_grid(config, points(members), packing=packing)
+        seconds = time.perf_counter() - started
+        assert not results.errors, results.errors
+    return members * epochs / seconds
+
+
+def _bare_worker(args: tuple[list[dict], int]) -> None:
+    share, epochs = args
+    torch.set_num_threads(1)
+    config = validate_config({})
+    trainers = []
+    for point in share:
+        trainer = build_trainer(config, seed=point["member"])
+        set_hyperparams(trainer.optimizer, lr=point["lr"], momentum=point["momentum"], weight_decay=point["weight_decay"])
+        trainers.append(trainer)
+    for _ in range(epochs):
+        for trainer in trainers:
+            trainer.train_epoch()
+            trainer.evaluate()
+
+
+def bare_rate(epochs: int, members: int) -> float:
+    """Member-epochs per second of one plain process per core (data and models built before the clock)."""
+    cores = os.cpu_count() or 1
+    shares = [points(members)[core::cores] for core in range(cores)]
+    validate_config({})  # the data set is generated (and cached) before timing
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_bare_worker, [(share, 0) for share in shares])  # warm the processes: imports, data cache
+        started = time.perf_counter()
+        pool.map(_bare_worker, [(share, epochs) for share in shares])
+        seconds = time.perf_counter() - started
+    return members * epochs / seconds
+
+
+def core_rates(rounds: int, members: int) -> tuple[float, float]:
+    """One process, one thread: a pack's epoch against the same members stepped one after another."""
+    torch.set_num_threads(1)
+    config = validate_config({})
+    separate = [build_trainer(config, seed=p["member"]) for p in points(members)]
+    for trainer, point in zip(separate, points(members)):
+        set_hyperparams(trainer.optimizer, lr=point["lr"], momentum=0.9, weight_decay=1e-4)
+    pack = PackedTrainer.build(config, range(members), [{k: p[k] for k in ("lr", "momentum", "weight_decay")}
+                                                        for p in points(members)])
     packed, one_by_one = [], []
-    for round_ in range(args.rounds + 1):  # one warm-up round each, not timed
+    for round_ in range(rounds + 1):  # one warm-up round each, not timed; rounds alternate
         started = time.perf_counter()
         pack.train_epoch()
-        packed_seconds = time.perf_counter() - started
+        packed.append(time.perf_counter() - started)
         started = time.perf_counter()
         for trainer in separate:
             trainer.train_epoch()
-        separate_seconds = time.perf_counter() - started
-        if round_:
-            packed.append(packed_seconds)
-            one_by_one.append(separate_seconds)
+        one_by_one.append(time.perf_counter() - started)
+    return members / statistics.median(packed[1:]), members / statistics.median(one_by_one[1:])
 
-    steps = separate[0].steps_per_epoch()
-    print(f"MNIST-1D, {args.members} members, SGD, batch {args.batch_size}, {steps} steps/epoch, "
-          f"{args.threads} thread(s), {args.rounds} epochs each, interleaved")
-    for name, seconds in (("one after another", statistics.median(one_by_one)), ("packed", statistics.median(packed))):
-        print(f"  {name:<18} {seconds:7.2f} s per epoch of all members   {args.members / seconds:6.1f} member-epochs/s")
-    print(f"  speed, packed / one after another: {statistics.median(one_by_one) / statistics.median(packed):.2f}x")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of each member in the engine and bare runs")
+    parser.add_argument("--members", type=int, default=MEMBERS)
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs of the in-process core comparison")
+    args = parser.parse_args()
+
+    print(f"MNIST-1D, {args.members} members, SGD, batch 32, {args.epochs} epochs each, "
+          f"{os.cpu_count()} CPU cores, torch {torch.__version__}", flush=True)
+    bare = bare_rate(args.epochs, args.members)
+    print(f"  bare loop, one process per core   {bare:7.1f} member-epochs/s", flush=True)
+    actors = engine_rate(1, args.epochs, args.members)
+    print(f"  actor engine (pack=1)             {actors:7.1f} member-epochs/s", flush=True)
+    packed = engine_rate("auto", args.epochs, args.members)
+    print(f"  packed engine (pack=auto)         {packed:7.1f} member-epochs/s", flush=True)
+    print(f"  packed / actor engine: {packed / actors:.2f}x   packed / bare loop: {packed / bare:.2f}x   "
+          f"actor engine / bare loop: {actors / bare:.2f}x")
+    pack_core, separate_core = core_rates(args.rounds, args.members)
+    print(f"core, one process, one thread ({args.rounds} epochs each, interleaved): packed {pack_core:.1f}, "
+          f"one after another {separate_core:.1f} member-epochs/s: {pack_core / separate_core:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """A PBT run on a real multi-node Ray cluster on this machine (a head and two worker nodes).
 
 Run by test_cluster.py in its own process, because a test session keeps one Ray instance of its
-own. With `--remove-after N`, one worker node is removed after N reports, mid-run.
+own. With `--remove-after N`, one worker node is removed after N reports, mid-run. With
+`--packed`, a tiny MNIST-1D population in packs, as `pack: auto` spreads it over the cluster.
 
-    python tests/cluster_job.py OUT_DIR [--remove-after N]
+    python tests/cluster_job.py OUT_DIR [--remove-after N] [--packed]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import synthetic  # noqa: E402
 from pbt.config import validate_config  # noqa: E402
 from pbt.launch import run_population  # noqa: E402
+from pbt.pack_trial import member_results  # noqa: E402
+from pbt.packing import Packing, plan_packing  # noqa: E402
 from pbt.records import ReportRecorder, read_reports  # noqa: E402
 from pbt.space import search_space  # noqa: E402
 
@@ -52,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--remove-after", type=int, default=0)
+    parser.add_argument("--packed", action="store_true")
     args = parser.parse_args()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -61,18 +65,22 @@ def main() -> None:
         config = validate_config({
             "name": "cluster",
             "storage_path": str(args.out),
-            "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer",
-            "trainer": {"samples": 16384},
+            **({"trainer": {"num_samples": 1000, "width": 0.5, "batch_size": 16}} if args.packed else {
+                "trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer", "trainer": {"samples": 16384}}),
             "search": {"lr": {"low": 0.05, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
             "population": {"size": 6, "epochs": EPOCHS, "perturbation_interval": 2},
         })
         remover = RemoveNodeAfter(cluster, workers, args.remove_after) if args.remove_after else None
         callbacks = [ReportRecorder("pbt", args.out / "records"), *([remover] if remover else [])]
-        grid = run_population(config, search_space(config, None), callbacks=callbacks)
+        runs = [{"member": member} for member in range(6)]
+        packing = plan_packing(config, runs, ray.cluster_resources()) if args.packed else Packing()
+        grid = run_population(config, search_space(config, None), callbacks=callbacks, packing=packing)
         nodes = {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}
         (args.out / "result.json").write_text(json.dumps({
             "errors": [str(e) for e in grid.errors],
-            "final_epochs": sorted(r.metrics["training_iteration"] for r in grid),
+            "final_epochs": sorted(r.metrics["training_iteration"] for r in member_results(grid)),
+            "packs": [list(group) for group in packing.groups],
+            "exploits": (config.experiment_dir / "pbt" / "exploits.jsonl").read_text().count("\n") if args.packed else None,
             "nodes": nodes,
             "removed": remover.removed_node_id if remover else None,
             "reports": read_reports(args.out / "records"),

@@ -47,3 +47,21 @@ def test_a_removed_node_does_not_stop_the_experiment(cluster_run):
     reports = cluster_run["reports"]
     last_on_removed = max(i for i, r in enumerate(reports) if r["node_id"] == removed)
     assert any(r["node_id"] != removed for r in reports[last_on_removed + 1:]), "work went on elsewhere"
+
+
+@pytest.fixture(scope="module")
+def packed_cluster_run(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("packed_cluster")
+    done = subprocess.run([sys.executable, str(JOB), str(out), "--packed"],
+                          capture_output=True, text=True, timeout=600, env={"RAY_ADDRESS": "", **_env()})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def test_packs_spread_over_the_nodes_and_exploit_across_them(packed_cluster_run):
+    run = packed_cluster_run
+    assert [len(pack) for pack in run["packs"]] == [2, 2, 2], "auto: a pack per CPU of the 3 nodes"
+    assert run["errors"] == []
+    assert run["final_epochs"] == [12] * 6, "every member finished"
+    assert len({report["node_id"] for report in run["reports"]}) >= 2, "packs trained on more than one node"
+    assert run["exploits"] == 5 * 2, "ceil(20% of 6) = 2 copies at each of the 5 perturbations"

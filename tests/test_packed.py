@@ -7,7 +7,7 @@ import torch
 
 from pbt.config import validate_config
 from pbt.optim import set_hyperparams
-from pbt.packed import PackedTrainer
+from pbt.packed import PackedTrainer, member_of
 from pbt.registry import build_trainer
 from pbt.trainer import TensorClassificationTrainer
 
@@ -123,3 +123,36 @@ def test_a_member_moves_to_another_pack_with_its_state():
     target.load_member_state(1, source.member_state(0))
     for name, tensor in source.model.member_state_dict(0).items():
         torch.testing.assert_close(target.model.member_state_dict(1)[name], tensor)
+
+
+def test_a_member_moves_through_the_donor_packs_saved_state(tmp_path):
+    """Across packs a member travels as its slot of the donor pack's `state_dict` (its checkpoint,
+    or the state it offers at a perturbation): weights, BatchNorm statistics, optimizer state."""
+    donor, _ = train_both("batchnorm", steps=5)
+    torch.save(donor.state_dict(), tmp_path / "pack.pt")
+    saved = torch.load(tmp_path / "pack.pt", weights_only=True)
+    recipient = PackedTrainer(members("batchnorm"), "sgd")
+    recipient.load_member_state(2, member_of(saved, 0))
+    for name, tensor in donor.model.member_state_dict(0).items():
+        torch.testing.assert_close(recipient.model.member_state_dict(2)[name], tensor)
+    assert any("running_mean" in name for name in donor.model.member_state_dict(0)), "buffers travel too"
+    moved, original = recipient.optimizer.member_state(2), donor.optimizer.member_state(0)
+    torch.testing.assert_close(moved["state"], original["state"])
+    torch.testing.assert_close(moved["step"], original["step"])
+
+
+def test_a_diverged_member_leaves_its_pack_mates_exactly_as_they_would_be():
+    def run(lr_of_member_1: float) -> PackedTrainer:
+        torch.manual_seed(0)
+        pack = PackedTrainer(members("batchnorm"), "sgd")
+        pack.set_hyperparams(1, lr=lr_of_member_1)
+        torch.manual_seed(1)  # the same batches for both packs
+        for _ in range(2):
+            pack.train_epoch()
+        return pack
+
+    sane, diverged = run(0.02), run(1e8)
+    assert not all(torch.isfinite(t).all() for t in diverged.model.member_state_dict(1).values()), "member 1 diverged"
+    for member in (0, 2):
+        for name, tensor in sane.model.member_state_dict(member).items():
+            torch.testing.assert_close(diverged.model.member_state_dict(member)[name], tensor, rtol=0, atol=0)

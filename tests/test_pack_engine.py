@@ -1,0 +1,174 @@
+"""Packs as Ray Tune trials: PBT across packs, files per member, a killed pack, the choice of engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+
+from pbt.config import validate_config
+from pbt.errors import PbtError
+from pbt.launch import run_grid, run_population
+from pbt.lineage import build_lineage
+from pbt.pack_trial import member_results
+from pbt.packing import plan_packing
+from pbt.records import ReportRecorder, read_reports
+from pbt.space import search_space
+
+pytestmark = pytest.mark.slow
+
+SIZE, EPOCHS, INTERVAL = 6, 6, 2
+
+
+def packed_config(tmp_path: Path, tiny_mnist1d: dict, **population) -> object:
+    return validate_config({
+        "name": "packed",
+        "storage_path": str(tmp_path),
+        "trainer": tiny_mnist1d,
+        "search": {"lr": {"low": 0.01, "high": 0.1}},
+        "population": {"size": SIZE, "epochs": EPOCHS, "perturbation_interval": INTERVAL,
+                       "quantile_fraction": 0.33, "pack": 3, **population},
+        "seed": 2,
+    })
+
+
+def exploit_lines(config) -> list[list]:
+    path = config.experiment_dir / "pbt" / "exploits.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class KillPackOnce(tune.Callback):
+    """Kills the worker process of the pack holding member 0 once it has reported `after` epochs."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.killed_pid = after, None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self.killed_pid is None and 0 in trial.config["members"] and result["training_iteration"] >= self.after:
+            self.killed_pid = result["pid"]
+            os.kill(self.killed_pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def packed_run(ray_session, tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("packed")
+    config = packed_config(tmp_path, {"num_samples": 1000, "width": 0.5, "batch_size": 16})
+    packing = plan_packing(config, [{"member": m} for m in range(SIZE)], ray.cluster_resources())
+    killer = KillPackOnce(after=3)
+    results = run_population(config, search_space(config, None), packing=packing,
+                             callbacks=[ReportRecorder("pbt", config.experiment_dir / "pbt"), killer])
+    return {"config": config, "packing": packing, "results": results, "killer": killer}
+
+
+def test_the_population_is_spread_over_packs(packed_run):
+    assert [len(group) for group in packed_run["packing"].groups] == [3, 3]
+    assert len(packed_run["results"]) == 2, "one Tune trial per pack"
+
+
+def test_every_member_trains_every_epoch_and_reports_as_itself(packed_run):
+    results = packed_run["results"]
+    assert not results.errors
+    members = member_results(results)
+    assert sorted(r.config["member"] for r in members) == list(range(SIZE))
+    assert {r.metrics["training_iteration"] for r in members} == {EPOCHS}
+    reports = read_reports(packed_run["config"].experiment_dir / "pbt")
+    labels = {r["label"] for r in reports}
+    assert labels == {f"member_{m:02d}" for m in range(SIZE)}
+    for label in labels:  # the killed pack redid the epochs since its checkpoint: reported twice
+        assert {r["epoch"] for r in reports if r["label"] == label} == set(range(1, EPOCHS + 1))
+    assert all(r["compute_seconds"] > 0 for r in reports)
+
+
+def test_the_bottom_third_copies_the_top_third_at_each_perturbation_once(packed_run):
+    config = packed_run["config"]
+    lines = exploit_lines(config)
+    perturbations = (EPOCHS - 1) // INTERVAL  # epochs 2 and 4 (none at the last epoch)
+    assert len(lines) == perturbations * 2, "2 of 6 members copy at each perturbation, logged once despite the kill"
+    assert len({(line[5]["member"], line[3]) for line in lines}) == len(lines)
+    groups = packed_run["packing"].groups
+    pack_of = {member: index for index, group in enumerate(groups) for member in group}
+    crossings = [line for line in lines if pack_of[line[5]["member"]] != pack_of[line[4]["member"]]]
+    assert crossings, "with this seed some member copies one of the other pack"
+
+
+def test_a_copy_carries_the_donors_history_and_the_explored_hyperparameters(packed_run):
+    config, results = packed_run["config"], packed_run["results"]
+    lineage = build_lineage(list(results), (config.experiment_dir / "pbt" / "exploits.jsonl").read_text())
+    schedule = lineage["best"]["schedule"]
+    assert [entry["epoch"] for entry in schedule] == list(range(1, EPOCHS + 1))
+    for exploit in lineage["exploits"]:
+        # After the copy the member trains with explore's values, which are inside the space.
+        assert 0.001 <= exploit["changes"]["lr"][1] <= 0.1
+    best = lineage["best"]
+    copies = [e for e in lineage["exploits"] if e["member"] == best["member"]]
+    for exploit in copies:
+        after = next(entry for entry in schedule if entry["epoch"] == exploit["epoch"] + 1)
+        assert after["lr"] == pytest.approx(exploit["changes"]["lr"][1], rel=1e-6)
+        before = next(entry for entry in schedule if entry["epoch"] == exploit["epoch"])
+        assert before["member"] != best["member"] or exploit["donor"] == best["member"]
+
+
+def test_a_killed_pack_resumes_from_its_checkpoint(packed_run):
+    assert packed_run["killer"].killed_pid is not None
+    reports = read_reports(packed_run["config"].experiment_dir / "pbt")
+    epochs = [r["epoch"] for r in reports if r["label"] == "member_00"]
+    killed_at = next(i for i, epoch in enumerate(epochs) if epoch >= 3)
+    resumed_from = epochs[killed_at + 1] - 1
+    # Back to its checkpoint at the last perturbation, not to epoch 0.
+    assert 0 < resumed_from <= epochs[killed_at]
+    assert epochs[killed_at] - resumed_from <= INTERVAL
+
+
+def test_a_packed_grid_trains_each_point_with_its_own_values(ray_session, tmp_path, tiny_mnist1d):
+    config = packed_config(tmp_path, tiny_mnist1d, epochs=2)
+    points = [{"member": i, "lr": lr, "momentum": 0.9, "weight_decay": 1e-4} for i, lr in enumerate([0.01, 0.02, 0.05, 0.1])]
+    packing = plan_packing(config, points, {"CPU": 2.0})
+    assert [len(group) for group in packing.groups] == [2, 2]
+    results = run_grid(config, points, packing=packing, callbacks=[ReportRecorder("grid", tmp_path / "grid")])
+    assert not results.errors
+    reports = read_reports(tmp_path / "grid")
+    assert len(reports) == len(points) * 2
+    for report in reports:  # each point keeps its own learning rate in its pack
+        assert report["lr"] == pytest.approx(points[int(report["label"][-2:])]["lr"], rel=1e-6)
+
+
+def test_auto_packs_over_the_slots_and_respects_one_member_per_process(tmp_path, tiny_mnist1d):
+    runs = [{"member": m} for m in range(16)]
+    auto = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16), runs, {"CPU": 2.0})
+    assert [len(g) for g in auto.groups] == [8, 8] and dict(auto.resources) == {"cpu": 1.0, "gpu": 0.0}
+    assert not plan_packing(packed_config(tmp_path, tiny_mnist1d, pack=1, size=16), runs, {"CPU": 2.0}).packed
+    many_slots = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16), runs, {"CPU": 64.0})
+    assert not many_slots.packed, "a slot per member: one member per process is the same thing"
+    odd = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack=5, size=16), runs, {"CPU": 64.0})
+    assert sorted(len(g) for g in odd.groups) == [4, 4, 4, 4]
+
+
+def test_a_gpu_pack_asks_for_a_whole_gpu(tmp_path, tiny_mnist1d):
+    config = packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16)
+    config = config.model_copy(update={"resources": config.resources.model_copy(update={"gpu": 0.25})})
+    packing = plan_packing(config, [{"member": m} for m in range(16)], {"CPU": 16.0, "GPU": 1.0})
+    assert [len(g) for g in packing.groups] == [16] and dict(packing.resources)["gpu"] == 1.0
+
+
+def test_a_trainer_with_its_own_loop_runs_on_actors(tmp_path):
+    stranger = Path(__file__).with_name("stranger.py")
+    config = validate_config({"trainable": f"{stranger}:StrangerTrainer", "storage_path": str(tmp_path),
+                              "population": {"size": 4}})
+    packing = plan_packing(config, [{"member": m} for m in range(4)], {"CPU": 2.0})
+    assert not packing.packed and "StrangerTrainer is not a pbt.TensorClassificationTrainer" in packing.note
+    forced = config.model_copy(update={"population": config.population.model_copy(update={"pack": 2})})
+    with pytest.raises(PbtError, match="cannot be packed; set population.pack=1"):
+        plan_packing(forced, [{"member": m} for m in range(4)], {"CPU": 2.0})
+
+
+def test_readme_shows_the_note_auto_prints_for_a_trainer_that_cannot_pack(tmp_path):
+    stranger = Path(__file__).with_name("stranger.py")
+    config = validate_config({"trainable": f"{stranger}:StrangerTrainer", "storage_path": str(tmp_path)})
+    note = plan_packing(config, [{"member": m} for m in range(4)], {"CPU": 2.0}).note
+    readme = Path(__file__).parents[1].joinpath("README.md").read_text()
+    assert f"  note: {note}\n" in readme
