@@ -15,7 +15,6 @@ exploit log holds what happened.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.optim import HYPERPARAMS
 from pbt.packed import PackedTrainer, member_of
-from pbt.ray_adapter import METRIC, WORST_SCORE, gpu_memory
+from pbt.ray_adapter import METRIC, WORST_SCORE, gpu_memory, read_checkpoint_file
 from pbt.registry import pick_device
 
 PACK_FILE = "pack.pt"
@@ -167,19 +166,7 @@ def _to_cpu(value: Any) -> Any:
 
 def load_pack_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A pack checkpoint, read without running any pickled code (`weights_only=True`)."""
-    path = Path(checkpoint_dir) / PACK_FILE
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise PbtError(f"checkpoint {str(path)!r} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise PbtError(
-            f"checkpoint {str(path)!r} is damaged or not a pbt checkpoint, so it was not loaded "
-            f"({str(err).splitlines()[0][:160]})"
-        ) from None
-    if not isinstance(state, dict) or not {"members", "pack", "histories", "plan_epoch"} <= set(state):
-        raise PbtError(f"checkpoint {str(path)!r} is not a pbt pack checkpoint")
-    return state
+    return read_checkpoint_file(Path(checkpoint_dir) / PACK_FILE, device, {"members", "pack", "histories", "plan_epoch"}, "pack")
 
 
 def is_pack_checkpoint(folder: str | Path) -> bool:

@@ -134,7 +134,12 @@ def gpu_memory(device: torch.device) -> dict[str, float]:
 
 def load_member_state(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A member checkpoint, read without running any pickled code (`weights_only=True`)."""
-    path = Path(checkpoint_dir) / STATE_FILE
+    return read_checkpoint_file(Path(checkpoint_dir) / STATE_FILE, device, {"trainer", "history", "diverged"}, "member")
+
+
+def read_checkpoint_file(path: Path, device: torch.device | str, keys: set[str], kind: str) -> dict[str, Any]:
+    """A pbt checkpoint file (`weights_only=True`: no pickled code runs) holding at least `keys`;
+    a missing, damaged or foreign file is one `PbtError` line."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -144,6 +149,6 @@ def load_member_state(checkpoint_dir: str | Path, device: torch.device | str = "
             f"checkpoint {str(path)!r} is damaged or not a pbt checkpoint, so it was not loaded "
             f"({str(err).splitlines()[0][:160]})"
         ) from None
-    if not isinstance(state, dict) or not {"trainer", "history", "diverged"} <= set(state):
-        raise PbtError(f"checkpoint {str(path)!r} is not a pbt member checkpoint (it lacks trainer, history or diverged)")
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise PbtError(f"checkpoint {str(path)!r} is not a pbt {kind} checkpoint (it lacks {', '.join(sorted(keys))})")
     return state
