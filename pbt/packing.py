@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.packed import optimizer_obstacle, packing_obstacle
@@ -80,16 +82,6 @@ def plan_packing(config: ExperimentConfig, runs: list[dict[str, Any]], cluster: 
     groups: list[tuple[int, ...]] = []
     for optimizer in dict.fromkeys(run.get("optimizer") for run in runs):  # a pack holds one optimizer
         indices = [i for i, run in enumerate(runs) if run.get("optimizer") == optimizer]
-        groups.extend(_even_chunks(indices, math.ceil(len(indices) / per_pack)))
+        # Consecutive chunks whose sizes differ by one at most.
+        groups.extend(tuple(int(i) for i in chunk) for chunk in np.array_split(indices, math.ceil(len(indices) / per_pack)))
     return Packing(groups=tuple(groups), resources=tuple(resources.items()))
-
-
-def _even_chunks(items: list[int], count: int) -> list[tuple[int, ...]]:
-    """`items` in `count` consecutive chunks whose sizes differ by one at most."""
-    size, extra = divmod(len(items), count)
-    chunks, start = [], 0
-    for index in range(count):
-        end = start + size + (index < extra)
-        chunks.append(tuple(items[start:end]))
-        start = end
-    return [chunk for chunk in chunks if chunk]
