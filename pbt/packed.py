@@ -23,6 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from pbt.config import ExperimentConfig
 from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
+from pbt.packed_conv import fast_convolutions
 from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer
 from pbt.registry import build_trainer
 from pbt.trainer import TensorClassificationTrainer, Trainer
@@ -68,6 +69,8 @@ class PackedModel:
         self.params, self.buffers = stack_module_state(list(models))
         # The template holds the architecture only; the weights come in through functional_call.
         self.template = copy.deepcopy(models[0]).to("meta")
+        if next(iter(self.params.values())).device.type == "cpu":
+            fast_convolutions(self.template)  # oneDNN's grouped convolutions are slow in vmap's layout
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.template, (params, buffers), (x,))

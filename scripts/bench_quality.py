@@ -1,13 +1,14 @@
 """Was PBT worth it on MNIST-1D? PBT, grid search and one-cycle at equal budget, over several seeds.
 
 For each seed this runs the main job (`pbt run configs/mnist1d.yaml seed=S`) and reads its
-`summary.json`. It reports, per arm, the median test accuracy of the run chosen by validation
-accuracy, and the compute PBT needed to reach the grid's best validation accuracy, as a share of
+`summary.json`. It reports, per arm, the test accuracy of the run chosen by validation accuracy
+(median, and mean, sd and range over the seeds), and the compute PBT needed to reach the grid's best validation accuracy, as a share of
 the grid's compute. Targets: PBT's median test accuracy >= the grid's + 0.5 points, and PBT
 reaches the grid's final best validation accuracy with <= 50% of the grid's compute.
 
     python scripts/bench_quality.py                 # 3 seeds, about 6 minutes each on 2 cores
     python scripts/bench_quality.py --seeds 0 1 population.perturbation_interval=2
+    python scripts/bench_quality.py --seeds 0 1 2 3 4 population.pack=1   # the actor engine
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def main() -> None:
                **{name: arm["chosen"]["test_acc"] for name, arm in arms.items()},
                **{f"{name}_val": arm["chosen"]["val_acc"] for name, arm in arms.items()},
                **{f"{name}_epochs": arm["epochs"] for name, arm in arms.items()}}
+        row["minutes"] = (time.perf_counter() - started) / 60
         rows.append(row)
-        print(f"seed {seed} ({(time.perf_counter() - started) / 60:.1f} min): test acc of the val-chosen run: "
+        print(f"seed {seed} ({row['minutes']:.1f} min): test acc of the val-chosen run: "
               + "  ".join(f"{name} {row[name]:.4f} (val {row[name + '_val']:.4f}, {row[name + '_epochs']} epochs)"
                           for name in arms)
               + f"  | grid's best val {row['grid_best_val']:.4f}; PBT reached it with "
@@ -66,6 +68,12 @@ def main() -> None:
     gain = round((median["pbt"] - median["grid"]) * 100, 2)  # accuracies are multiples of 1/1000
     print(f"\nmedian test accuracy over {len(rows)} seeds: "
           + "  ".join(f"{name} {value:.4f}" for name, value in median.items()))
+    for name in median:
+        values = [r[name] for r in rows]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"  {name:9s} mean {statistics.mean(values):.4f}  sd {spread:.4f}  min {min(values):.4f}  max {max(values):.4f}")
+    print(f"minutes per seed: mean {statistics.mean(r['minutes'] for r in rows):.1f} "
+          f"(min {min(r['minutes'] for r in rows):.1f}, max {max(r['minutes'] for r in rows):.1f})")
     print(f"PBT - grid: {gain:+.2f} points (target >= +0.5: {'met' if gain >= 0.5 else 'NOT met'})")
     print(f"PBT's compute to reach the grid's best validation accuracy, share of the grid's: median "
           f"{statistics.median(shares):.0%} (target <= 50%: {'met' if statistics.median(shares) <= 0.5 else 'NOT met'})")

@@ -1,0 +1,87 @@
+"""The channels-last convolution path of packs on the CPU gives torch's own results and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from pbt.packed_conv import fast_convolutions
+
+MEMBERS = 3
+
+
+def _layers() -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+    return [
+        (torch.nn.Conv1d(4, 6, 5, stride=2, padding=1), (5, 4, 40)),
+        (torch.nn.Conv1d(4, 6, 3, dilation=2, groups=2, bias=False), (5, 4, 20)),
+        (torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), (5, 3, 12, 12)),
+        (torch.nn.Conv2d(4, 4, 3, groups=4, padding=(1, 2)), (5, 4, 9, 7)),
+    ]
+
+
+def _stacked(layer: torch.nn.Module) -> tuple[dict, list[torch.nn.Module]]:
+    torch.manual_seed(0)
+    members = [copy.deepcopy(layer).double() for _ in range(MEMBERS)]
+    for member in members:
+        for p in member.parameters():
+            torch.nn.init.normal_(p)
+    params, _ = stack_module_state(members)
+    return {name: p.detach().requires_grad_() for name, p in params.items()}, members
+
+
+def _run(template: torch.nn.Module, params: dict, x: torch.Tensor, shared: bool) -> torch.Tensor:
+    return vmap(lambda p, x_: functional_call(template, p, (x_,)), in_dims=(0, None if shared else 0))(params, x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("index", range(4))
+def test_under_vmap_the_fast_path_gives_torch_s_outputs_and_gradients(index: int, shared: bool) -> None:
+    layer, shape = _layers()[index]
+    template = copy.deepcopy(layer).double().to("meta")
+    fast = copy.deepcopy(template)
+    assert fast_convolutions(fast) == 1
+    x = torch.randn(shape if shared else (MEMBERS, *shape), dtype=torch.double)
+    results = []
+    for model in (template, fast):
+        params, _ = _stacked(layer)
+        out = _run(model, params, x, shared)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.double).view_as(out)).sum().backward()
+        results.append((out.detach(), {name: p.grad for name, p in params.items()}))
+    (own, own_grads), (fast_out, fast_grads) = results
+    assert fast_out.shape == own.shape
+    torch.testing.assert_close(fast_out, own)
+    for name in own_grads:
+        torch.testing.assert_close(fast_grads[name], own_grads[name])
+
+
+def test_outside_vmap_it_is_the_plain_convolution_with_its_gradient() -> None:
+    for layer, shape in _layers():
+        fast = copy.deepcopy(layer).double()
+        fast_convolutions(fast)
+        x = torch.randn(shape, dtype=torch.double, requires_grad=True)
+        torch.testing.assert_close(fast(x), layer.double()(x))
+        assert torch.autograd.gradcheck(lambda x_, *weights: fast(x_), (x, *fast.parameters()))
+
+
+def test_an_unbatched_input_per_member_falls_back_to_torch_s_rule() -> None:
+    layer = torch.nn.Conv1d(2, 3, 3, padding=1)
+    fast = copy.deepcopy(layer).double().to("meta")
+    fast_convolutions(fast)
+    params, members = _stacked(layer)
+    x = torch.randn(MEMBERS, 2, 10, dtype=torch.double)  # each member: (channels, length), no batch
+    out = _run(fast, params, x, shared=False)
+    for index, member in enumerate(members):
+        torch.testing.assert_close(out[index], member(x[index]))
+
+
+def test_only_plain_zero_padded_convolutions_change() -> None:
+    class Standardised(torch.nn.Conv1d):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Conv1d(2, 2, 3, padding_mode="circular", padding=1),
+                                torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3), torch.nn.Conv3d(1, 1, 1))
+    assert fast_convolutions(model) == 1
+    assert "forward" in vars(model[0]) and not any("forward" in vars(module) for module in model[1:])
