@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=description)
         _add_config_arguments(command, overwrite)
         command.set_defaults(handler=handler)
+    sweep = commands.add_parser(
+        "sweep", help="train each optimizer at many fixed learning rates until a target accuracy (and over widths)",
+        description="For each optimizer (sweep.optimizers), train the model at sweep.rates log-spaced learning rates, "
+        "each until it reaches sweep.target accuracy, diverges, or runs out of sweep.max_epochs / max_seconds. "
+        "Reports per optimizer the band of rates that reach the target, the fastest, and the LR range test's range "
+        "beside them; writes sweep.json, sweep.png and TensorBoard data. With --widths, repeats it per model width.")
+    _add_config_arguments(sweep, overwrite=True)
+    sweep.add_argument("--optimizers", default=None, metavar="A,B",
+                       help="comma-separated, e.g. sgd+momentum,adam (default: sweep.optimizers, the six)")
+    sweep.add_argument("--widths", default=None, metavar="W,W",
+                       help="repeat the sweep at these values of the trainer's sweep.width_setting, e.g. 1,2,4,8")
+    sweep.set_defaults(handler=run_sweep)
     compare = commands.add_parser(
         "compare",
         help="compare the arms of experiment folders: table, summary.json, plots, TensorBoard runs",
@@ -213,6 +225,28 @@ def run_pbt(args: argparse.Namespace) -> int:
 
 def run_grid(args: argparse.Namespace) -> int:
     return start_job(load_checked(args), ("grid",), args.overwrite)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from pbt.sweep_stage import sweep_stage
+
+    if args.optimizers:
+        args.overrides.append(f"sweep.optimizers=[{args.optimizers}]")
+    config = load_checked(args)
+    widths = _widths(args.widths)
+    return sweep_stage(config, widths, args.overwrite)
+
+
+def _widths(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        widths = [float(word) for word in text.split(",") if word.strip()]
+    except ValueError:
+        raise PbtError(f"--widths takes numbers separated by commas, e.g. 1,2,4,8, but got {text!r}") from None
+    if not widths or min(widths) <= 0 or len(set(widths)) != len(widths):
+        raise PbtError(f"--widths takes distinct positive numbers, e.g. 1,2,4,8, but got {text!r}")
+    return widths
 
 
 def run_resume(args: argparse.Namespace) -> int:

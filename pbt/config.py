@@ -236,6 +236,56 @@ class CompareConfig(StrictModel):
     )
 
 
+# `pbt sweep`'s optimizers: the names it knows, and the optimizer (trainer.optimizer) and momentum
+# (Adam: beta1) each trains with; `None` takes `sweep.momentum`. torch's defaults otherwise.
+# `own` is whatever optimizer the trainer builds, for trainers that do not choose it by name.
+SWEEP_OPTIMIZERS: dict[str, tuple[str | None, float | None]] = {
+    "sgd": ("sgd", 0.0), "sgd+momentum": ("sgd", None), "adam": ("adam", 0.9), "adamw": ("adamw", 0.9),
+    "rmsprop": ("rmsprop", 0.0), "adagrad": ("adagrad", 0.0), "adadelta": ("adadelta", 0.0), "own": (None, None),
+}
+
+
+class SweepConfig(StrictModel):
+    """`pbt sweep`: each optimizer trained at many fixed learning rates until a target accuracy.
+
+    A run ends when it reaches `target` (on the `split` accuracy), diverges, or has trained
+    `max_epochs` epochs or `max_seconds` of compute, whichever comes first.
+    """
+
+    optimizers: list[str] = Field(
+        default_factory=lambda: ["sgd", "sgd+momentum", "adam", "adagrad", "adadelta", "rmsprop"], min_length=1,
+        description=f"Any of {', '.join(SWEEP_OPTIMIZERS)}.")
+    lr_min: float = Field(1e-6, gt=0)
+    lr_max: float = Field(100.0, gt=0)
+    rates: int = Field(48, ge=2, description="Log-spaced learning rates from lr_min to lr_max.")
+    target: float = Field(0.85, gt=0, le=1, description="Accuracy a run must reach.")
+    split: Literal["train", "val"] = Field(
+        "val", description="val: val_acc; train: running accuracy on the epoch's training batches (train_acc).")
+    max_epochs: int = Field(30, ge=1)
+    max_seconds: float = Field(120.0, gt=0, description="Compute seconds a run may spend (a pack's split evenly).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="The momentum of sgd+momentum and of own (Adam-style: beta1).")
+    weight_decay: float = Field(0.0, ge=0)
+    width_setting: str = Field("width", min_length=1, description="The trainer setting `--widths` varies.")
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known_optimizers(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in SWEEP_OPTIMIZERS]
+        if unknown:
+            raise ValueError(f"unknown optimizer(s) {unknown}; choose from {', '.join(SWEEP_OPTIMIZERS)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"optimizers are listed twice: {names}")
+        if "own" in names and len(names) > 1:
+            raise ValueError(f"own (the trainer's own optimizer) is swept alone, but got {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> SweepConfig:
+        if self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min must be below lr_max, but got lr_min={self.lr_min} and lr_max={self.lr_max}")
+        return self
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: which trainer, its settings, and how to search its hyperparameters."""
 
@@ -253,6 +303,7 @@ class ExperimentConfig(StrictModel):
     grid: GridConfig = Field(default_factory=GridConfig)
     one_cycle: OneCycleConfig = Field(default_factory=OneCycleConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _interval_within_run(self) -> ExperimentConfig:

@@ -19,6 +19,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
 
 from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
@@ -128,6 +129,9 @@ def quiet_tune() -> None:
     # A resumed trial makes Tune's JSON/CSV loggers look for a remote copy of result.json that a
     # local run never has, and warn each time.
     logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
+    # A diverged run reports an infinite loss on purpose; Tune's TensorBoard logger warns at each
+    # such value (pbt's own TensorBoard runs leave them out).
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 def run_population(
@@ -188,17 +192,18 @@ def exploit_log(config: ExperimentConfig) -> Path:
 
 def run_grid(
     config: ExperimentConfig, points: list[dict[str, Any]], callbacks: list[tune.Callback] | None = None,
-    packing: Packing = Packing(),
+    packing: Packing = Packing(), arm: str = "grid", stopper: tune.Stopper | None = None,
 ) -> tune.ResultGrid:
-    """Every grid point trained for `population.epochs` epochs; trial folders go to `grid/`."""
+    """Every grid point trained for `population.epochs` epochs (or until `stopper` ends it); trial
+    folders go to `<arm>/`."""
     if packing.packed:
-        return run_trials(config, "grid", PackTrial, pack_space(points, packing), None, callbacks, packing)
+        return run_trials(config, arm, PackTrial, pack_space(points, packing), None, callbacks, packing, stopper=stopper)
     param_space = {
         "member": tune.grid_search([point["member"] for point in points]),
         # Each point's values follow from its number; a product of grid_search axes could not be numbered.
         **{name: tune.sample_from(partial(_point_value, points, name)) for name in points[0] if name != "member"},
     }
-    return run_trials(config, "grid", PBTMember, param_space, None, callbacks)
+    return run_trials(config, arm, PBTMember, param_space, None, callbacks, stopper=stopper)
 
 
 def run_one_cycle(
@@ -216,10 +221,12 @@ def run_trials(
     scheduler: TrialScheduler | None,
     callbacks: list[tune.Callback] | None,
     packing: Packing = Packing(),
+    stopper: tune.Stopper | None = None,
     **parameters: Any,
 ) -> tune.ResultGrid:
     """The Tuner every arm shares: same trainable, resources, budget, checkpoints and failure handling.
-    `parameters` go to the trainable's `setup` beside the experiment."""
+    `stopper` may end a trial before `population.epochs`; `parameters` go to the trainable's `setup`
+    beside the experiment."""
     quiet_tune()
     resources = dict(packing.resources) if packing.packed else {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(member_class, experiment=config, **parameters), resources)
@@ -243,7 +250,7 @@ def run_trials(
             name=arm,
             storage_path=storage.path,
             storage_filesystem=storage.tune_filesystem,
-            stop={"training_iteration": config.population.epochs},
+            stop=_stop(config.population.epochs, stopper),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=config.population.checkpoints_to_keep, checkpoint_at_end=True,
                 # Packs never pause (see pbt.pack_scheduler): they checkpoint at each perturbation instead.
@@ -255,6 +262,12 @@ def run_trials(
         ),
     )
     return _fit_with_retries(tuner, arm, config.population.epochs, restore)
+
+
+def _stop(epochs: int, stopper: tune.Stopper | None) -> dict[str, int] | tune.Stopper:
+    if stopper is None:
+        return {"training_iteration": epochs}
+    return CombinedStopper(MaximumIterationStopper(epochs), stopper)
 
 
 def _restore(

@@ -75,19 +75,19 @@ class PackTrial(tune.Trainable):
             self._build(self.config)
         applied = self._exchange()
         started = time.perf_counter()
-        losses = self.pack.train_epoch()
+        trained = self.pack.train_epoch()
         evaluations = self.pack.evaluate()
         seconds = time.perf_counter() - started
         epoch = self.iteration + 1
         reports = []
         for slot, member in enumerate(self.members):
             hyperparams = self.pack.hyperparams(slot)
-            diverged = not math.isfinite(losses[slot])
+            diverged = not math.isfinite(trained[slot]["train_loss"])
             # A diverged member reports the worst score, so that PBT replaces it first. It cannot stop
             # computing as an actor does (the pack steps all members), and it cannot harm the others:
             # no operation mixes members.
             metrics = ({"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE} if diverged
-                       else {"train_loss": losses[slot], **evaluations[slot]})
+                       else {**trained[slot], **evaluations[slot]})
             self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams, METRIC: metrics[METRIC]})
             self.scores[slot] = metrics[METRIC] if math.isfinite(metrics[METRIC]) else WORST_SCORE
             reports.append({

@@ -149,8 +149,9 @@ class PackedTrainer:
         for start in range(0, count - batch + 1, batch):
             yield orders[:, start : start + batch]
 
-    def train_step(self, indices: torch.Tensor) -> torch.Tensor:
-        """Forward, backward and step for every member on its own batch; the (K,) losses, detached."""
+    def train_step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and step for every member on its own batch; the (K,) losses, detached,
+        and the (K,) counts of examples each member classified right."""
         lead = self.lead
         x, y = lead.x_train[indices], lead.y_train[indices]
         inputs = lead.inputs(x.flatten(0, 1), train=True).unflatten(0, indices.shape)
@@ -162,16 +163,22 @@ class PackedTrainer:
         # Each member's weights reach only its own loss: the sum's gradient is every member's own.
         losses.sum().backward()
         self.optimizer.step()
-        return losses.detach()
+        return losses.detach(), (logits.detach().argmax(dim=2) == y).sum(1)
 
-    def train_epoch(self) -> list[float]:
-        """One epoch for every member; each member's mean training loss (NaN or inf if it diverged)."""
+    def train_epoch(self) -> list[dict[str, float]]:
+        """One epoch for every member: each member's mean training loss (NaN or inf if it diverged)
+        and running training accuracy, as `TensorClassificationTrainer.train_epoch` reports them."""
         total = torch.zeros(self.size, device=self.lead.device)
-        steps = 0
+        correct = torch.zeros(self.size, device=self.lead.device, dtype=torch.long)
+        steps = seen = 0
         for indices in self.batch_indices():
-            total += self.train_step(indices)
+            losses, right = self.train_step(indices)
+            total += losses
+            correct += right
             steps += 1
-        return (total / max(steps, 1)).tolist()
+            seen += indices.shape[1]
+        losses, accuracies = (total / max(steps, 1)).tolist(), (correct.float() / max(seen, 1)).tolist()
+        return [{"train_loss": loss, "train_acc": acc} for loss, acc in zip(losses, accuracies)]
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:

@@ -22,7 +22,7 @@ from pbt.optim import HYPERPARAMS
 from pbt.pack_trial import member_configs, member_reports
 
 REPORTS_FILE = "reports.jsonl"
-METRICS = ("train_loss", "val_loss", "val_acc", "test_acc")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
 MEMBER_SCALARS = (*METRICS, *HYPERPARAMS)
 
 

@@ -159,12 +159,26 @@ class TensorClassificationTrainer(Trainer):
         with self.precision():
             return self.model(self.inputs(x, train))
 
+    def train_epoch(self) -> dict[str, float]:
+        """The mean training loss and `train_acc`: the share of the epoch's training examples the
+        model classified right as it trained on them (a running accuracy, as Keras reports it)."""
+        self._correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self._seen = 0
+        metrics = super().train_epoch()
+        if self._seen:  # a subclass with its own train_step may not count
+            metrics["train_acc"] = (self._correct.float() / self._seen).item()
+        return metrics
+
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.forward(x, train=True), y)
+        logits = self.forward(x, train=True)
+        loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if hasattr(self, "_correct"):  # counted on the device: no host sync per step
+            self._correct += (logits.detach().argmax(dim=1) == y).sum()
+            self._seen += len(y)
         return loss.detach()
 
     @torch.no_grad()

@@ -110,7 +110,7 @@ def worker(args: argparse.Namespace) -> None:
         built_by = "build_trainer x K + PackedTrainer"
     if pack is not None:
         lead = pack.lead
-        step, epoch = pack.train_step, pack.batch_indices
+        step, epoch = (lambda indices: pack.train_step(indices)[0]), pack.batch_indices  # the losses
     data_bytes = sum(getattr(lead, name).nbytes for name in DATA if getattr(lead, name, None) is not None)
     built_s = time.perf_counter() - started
 

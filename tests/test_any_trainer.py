@@ -128,6 +128,18 @@ def test_a_generator_epoch_is_counted_by_one_pass(ray_session, tmp_path):
     assert saved["ranges"][0]["epoch_steps"] == 38 and saved["ranges"][0]["planned_steps"] == 200
 
 
+def test_a_trainer_with_its_own_optimizer_sweeps_it_as_own(stranger_run):
+    _, _, folder = stranger_run
+    config = folder.parent.parent / "stranger.yaml"
+    code, out = run_cli("sweep", str(config), "sweep.rates=3", "sweep.max_epochs=2", "sweep.lr_min=1e-3", "sweep.lr_max=0.1")
+    assert code == 2  # it builds NAdam whatever trainer.optimizer says: sweeping "sgd" would be a lie
+    code, out = run_cli("sweep", str(config), "--optimizers", "own", "sweep.rates=3", "sweep.max_epochs=2",
+                        "sweep.lr_min=1e-3", "sweep.lr_max=0.1")
+    assert code == 0, out
+    runs = json.loads((folder / "sweep.json").read_text())["widths"][0]["optimizers"]["own"]["runs"]
+    assert len(runs) == 3 and {run["status"] for run in runs} <= {"reached", "not reached", "diverged"}
+
+
 class _NoValidation:
     def evaluate(self):
         return {"loss": 0.3, "acc": 0.9}

@@ -47,16 +47,19 @@ def members(kind: str, count: int = 3, **trainer) -> list[TensorClassificationTr
 
 
 def train_both(kind: str, steps: int = 12, **trainer) -> tuple[PackedTrainer, list[TensorClassificationTrainer]]:
-    """The same members packed and separate, stepped on the same per-member batches."""
+    """The same members packed and separate, stepped on the same per-member batches. The pack's
+    counts of examples classified right must be each separate trainer's count on the same batch."""
     pack = PackedTrainer(members(kind, **trainer), "sgd")
     separate = members(kind, **trainer)
     batches = iter(_epochs(pack))
     for _ in range(steps):
         indices = next(batches)
-        pack.train_step(indices)
+        _, correct = pack.train_step(indices)
         for member, trainer in enumerate(separate):
             trainer.model.train()
+            trainer._correct, trainer._seen = torch.zeros((), dtype=torch.long), 0
             trainer.train_step((trainer.x_train[indices[member]], trainer.y_train[indices[member]]))
+            assert int(correct[member]) == int(trainer._correct) and trainer._seen == indices.shape[1]
     return pack, separate
 
 
@@ -99,7 +102,7 @@ def test_a_diverged_member_does_not_poison_its_pack_mates():
     separate = members("mnist1d")
     pack.set_hyperparams(1, lr=1e6)
     set_hyperparams(separate[1].optimizer, lr=1e6)
-    losses = pack.train_epoch()
+    losses = [member["train_loss"] for member in pack.train_epoch()]
     assert not torch.isfinite(torch.tensor(losses[1])) or losses[1] > 1e3, "member 1 diverged"
     for member in (0, 2):
         assert torch.isfinite(torch.tensor(losses[member]))
