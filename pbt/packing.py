@@ -53,6 +53,12 @@ class Packing:
 
 def pack_obstacle(config: ExperimentConfig) -> str | None:
     """Why this experiment's members cannot be packed (one line), or None."""
+    settings = config.trainer
+    if config.resources.gpu > 0 and "channels_last" in settings and settings["channels_last"] != settings.get("autocast"):
+        # Seen on an H100 (torch 2.11): bf16 autocast without channels-last fails in BatchNorm
+        # under vmap, channels-last without autocast in vmap's `is_contiguous`; both or neither work.
+        return (f"trainer.autocast={settings.get('autocast')} with trainer.channels_last={settings['channels_last']} "
+                "fails inside PyTorch's vmap on CUDA (set both to true, or both to false)")
     obstacle = packing_obstacle(resolve_trainer(config.trainable))
     if obstacle is None:  # the optimizer is the trainer's choice: build one member to see it
         obstacle = optimizer_obstacle(build_trainer(config, device="cpu").optimizer)

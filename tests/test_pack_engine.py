@@ -172,3 +172,19 @@ def test_readme_shows_the_note_auto_prints_for_a_trainer_that_cannot_pack(tmp_pa
     note = plan_packing(config, [{"member": m} for m in range(4)], {"CPU": 2.0}).note
     readme = Path(__file__).parents[1].joinpath("README.md").read_text()
     assert f"  note: {note}\n" in readme
+
+
+def test_gpu_packs_refuse_mixed_autocast_and_channels_last(tmp_path):
+    """The vision trainers' two CUDA settings must agree in a pack (vmap fails otherwise); checked on the driver."""
+    # A trainer that takes any settings (the vision trainers need image files).
+    batchnorm = Path(__file__).with_name("test_packed.py")
+    config = validate_config({"trainable": f"{batchnorm}:BatchNormTrainer", "storage_path": str(tmp_path),
+                              "population": {"size": 4, "pack": "auto"}})
+    runs = [{"member": m} for m in range(4)]
+    for autocast, channels_last, packs in ((True, True, True), (False, False, True), (True, False, False), (False, True, False)):
+        mixed = config.model_copy(update={"trainer": {**config.trainer, "autocast": autocast, "channels_last": channels_last},
+                                          "resources": config.resources.model_copy(update={"gpu": 1.0})})
+        packing = plan_packing(mixed, runs, {"CPU": 16.0, "GPU": 1.0})
+        assert packing.packed == packs and (packs or "fails inside PyTorch's vmap on CUDA" in packing.note)
+    on_cpu = config.model_copy(update={"trainer": {**config.trainer, "autocast": True, "channels_last": False}})
+    assert plan_packing(on_cpu, runs, {"CPU": 2.0}).packed, "the settings are ignored on the CPU"

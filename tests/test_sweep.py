@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,21 @@ def test_widths_repeat_the_packed_sweep_and_fit_time_against_weights(ray_session
     for name in ("sweep_w0.5.png", "sweep_w1.png", "sweep_widths.png"):
         assert (folder / name).is_file()
     assert "Across widths" in out
+
+
+@pytest.mark.slow
+def test_readme_sweep_commands_run_as_written(ray_session, tmp_path):
+    """README's `pbt sweep` lines, each with overrides appended that shrink it to seconds."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("pbt sweep ")]
+    assert len(commands) == 2
+    shrink = [f"storage_path={tmp_path}", "trainer.num_samples=1000", "lr_range.seeds=1", "lr_range.max_steps=40", "sweep.rates=2",
+              "sweep.max_epochs=1", "--overwrite"]
+    for command in commands:
+        argv = [word.replace("configs/", str(Path(__file__).parents[1] / "configs") + "/") for word in shlex.split(command)]
+        out = tmp_path / "out.txt"
+        with out.open("w") as stream, contextlib.redirect_stdout(stream):
+            assert main([*argv[1:], *shrink]) == 0, out.read_text()
+    summary = json.loads((tmp_path / "mnist1d" / "sweep.json").read_text())
+    assert [width["width"] for width in summary["widths"]] == [1.0, 2.0, 4.0, 8.0]
+    assert (tmp_path / "mnist1d" / "sweep.png").is_file()  # the first command's plot, kept beside the widths'
