@@ -312,7 +312,7 @@ def prepare_space(config: ExperimentConfig) -> SearchSpace:
     space = search_space(config, sweep)
     save_config(config)
     print("\nSearch space (the population starts inside it and explores within it; the grid covers it):")
-    for name, bound in space.bounds.items():
+    for name, bound in space.searched.items():  # no momentum line for an optimizer without momentum
         below = f"; exploration may anneal it down to {bound.low:.3g}" if bound.start > bound.low else ""
         print(f"  {name:<13} [{bound.start:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}{below}")
     return space
@@ -360,12 +360,12 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     from pbt.grid import grid_axes, grid_points
 
     axes = grid_axes(config, space)
-    points = 1
-    for values in axes.values():
-        points *= len(values)
+    points = len(grid_points(axes))  # not the axes' product: an optimizer without momentum has no momentum axis
     print(f"\nGrid: {points} points x {config.population.epochs} epochs "
           f"(the population: {config.population.size} members x {config.population.epochs} epochs)")
     for name, values in axes.items():
+        if name == "momentum" and values == [0.0]:
+            continue  # no optimizer of the grid has momentum: not an axis
         print(f"  {name:<13} {', '.join(v if isinstance(v, str) else f'{v:.3g}' for v in values)}")
     if points != config.population.size:
         print(f"  note: {points} grid points for {config.population.size} population members: "
@@ -415,7 +415,8 @@ def compare_stage(folder: Path, target: float | None = None) -> None:
     grid_arm = summary["arms"].get("grid")
     if pbt_arm and grid_arm and grid_arm["chosen"]:
         chosen = grid_arm["chosen"]
-        print(f"\nThe grid's best fixed point: lr {chosen['lr']:.4g}, momentum {chosen['momentum']:.3f}, "
+        momentum = f"momentum {chosen['momentum']:.3f}, " if chosen["momentum"] else ""
+        print(f"\nThe grid's best fixed point: lr {chosen['lr']:.4g}, {momentum}"
               f"weight decay {chosen['weight_decay']:.3g}")
     files = summary["files"]
     print(f"\nWrote {_shown(Path(files['summary']))}\n      {_shown(Path(files['accuracy_plot']))}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt.config import ExperimentConfig
-from pbt.optim import HYPERPARAMS, set_hyperparams
+from pbt.optim import HYPERPARAMS, set_hyperparams, shown_hyperparams
 from pbt.pack_trial import is_pack_checkpoint, load_pack_state, member_results
 from pbt.ray_adapter import METRIC, load_member_state
 from pbt.registry import build_trainer
@@ -102,14 +102,22 @@ def schedule_rows(schedule: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+# Each hyperparameter's column in `format_schedule`: heading, width, number format.
+SCHEDULE_COLUMNS = {
+    "lr": ("lr", 9, ".4g"), "momentum": ("momentum", 8, ".3f"), "weight_decay": ("weight decay", 12, ".3g"),
+}
+
+
 def format_schedule(schedule: list[dict[str, Any]]) -> str:
-    lines = [f"{'epochs':>9}  {'trained by':>10}  {'lr':>9}  {'momentum':>8}  {'weight decay':>12}  {'val acc at end':>14}"]
+    """The schedule as a table, one row per run of unchanged hyperparameters (no momentum column
+    where every epoch had none)."""
+    columns = {name: SCHEDULE_COLUMNS[name] for name in shown_hyperparams(schedule)}
+    heading = "".join(f"  {title:>{width}}" for title, width, _ in columns.values())
+    lines = [f"{'epochs':>9}  {'trained by':>10}{heading}  {'val acc at end':>14}"]
     for row in schedule_rows(schedule):
         epochs = f"{row['first_epoch']}-{row['last_epoch']}" if row["last_epoch"] > row["first_epoch"] else str(row["first_epoch"])
-        lines.append(
-            f"{epochs:>9}  {'member ' + str(row['member']):>10}  {row['lr']:>9.4g}  {row['momentum']:>8.3f}  "
-            f"{row['weight_decay']:>12.3g}  {row[METRIC]:>14.4f}"
-        )
+        values = "".join(f"  {row[name]:>{width}{spec}}" for name, (_, width, spec) in columns.items())
+        lines.append(f"{epochs:>9}  {'member ' + str(row['member']):>10}{values}  {row[METRIC]:>14.4f}")
     return "\n".join(lines)
 
 

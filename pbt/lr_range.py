@@ -7,13 +7,16 @@ centred) and reads three features off it: where the loss falls fastest against l
 it is lowest, and where it diverges (climbs back to its starting level).
 
 The sweep lasts one epoch; an epoch shorter than `min_steps` is extended over fresh epochs, and
-`max_steps` sets any length. A sweep that short sees every feature at a higher learning rate than
-a full training run would: there is too little time left to profit from a small rate. The range
+`max_steps` sets any length. Without `max_steps`, a sweep whose loss never fell clearly is run
+again twice as long, twice at most (`LENGTHENINGS`). A sweep that short sees every feature at a
+higher learning rate than a full training run would: there is too little time left to profit from
+a small rate. The range
 for training at a constant rate is therefore read off the divergence point, the sharpest feature
 of the curve: from
 `divergence / low_divisor` to `divergence / high_divisor` (50 and 20 by default, calibrated against
-fixed-rate training of SGD with momentum and of Adam; see BENCHMARKS.md). The suggested point is
-the geometric middle of the range.
+fixed-rate training of SGD with momentum and of Adam; see BENCHMARKS.md; RMSprop, Adagrad and
+Adadelta read it 8 times higher: `RANGE_SHIFT`). The suggested point is the geometric middle of
+the range.
 
 The caller's trainer is left exactly as it was: weights, optimizer state and RNG streams are
 snapshotted before the sweep and restored after it (fastai's LRFinder, Lightning's isolate_rng).
@@ -252,6 +255,10 @@ def _windows(values: np.ndarray, half: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
 
 
+class LossNeverFell(PbtError):
+    """A sweep's loss never fell beyond its batch-to-batch noise: no range can be read off it."""
+
+
 def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, smooth_window: int = 5) -> CurveReading:
     """Find the steepest descent, the minimum and the divergence point of a loss-vs-lr curve.
 
@@ -270,9 +277,9 @@ def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, 
     # A dip no deeper than the batch-to-batch noise is not a fall: refuse rather than guess.
     noise = float(np.median(np.abs(np.diff(losses))))
     if lowest == 0 or slopes[steepest] >= 0 or start - smoothed[lowest] <= 3 * noise:
-        raise PbtError(
+        raise LossNeverFell(
             f"lr_range: the training loss never fell clearly (from {start:.4g} to at best {smoothed[lowest]:.4g}, "
-            f"batch noise {noise:.2g}); check the model, or widen lr_range.lr_min and lr_range.lr_max"
+            f"batch noise {noise:.2g})"
         )
     risen = np.flatnonzero(smoothed[lowest:] >= start)
     diverged = risen.size > 0
@@ -308,8 +315,25 @@ def _median_at(curves: list[Curve], step: int) -> float:
     return float(np.median(values))
 
 
-def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_step: StepCallback | None = None) -> RangeResult:
-    """Run `lr_range.seeds` sweeps at one weight decay and analyse their median curve."""
+# How many times higher the range lies for these optimizers than `lr_range.low_divisor` and
+# `high_divisor` (calibrated on SGD with momentum and Adam) put it. Fixed-rate runs on MNIST-1D
+# (README) train well up to or past where RMSprop's, Adagrad's and Adadelta's sweeps diverge, where
+# SGD's and Adam's bands end 0.7 to 1 decade below it; a likely reason: they divide each step by
+# gradient statistics that a loss spike inflates within a few steps (Adam's beta2 of 0.999 takes a
+# thousand), so a constant rate recovers from the instability that ends a sweep whose rate keeps rising.
+RANGE_SHIFT = {"rmsprop": 8.0, "adagrad": 8.0, "adadelta": 8.0}
+
+# How often a sweep whose loss never fell clearly is run again, twice as long each time. Without
+# momentum (Adagrad, Adadelta, plain SGD) a step goes about a tenth as far as with momentum 0.9, so
+# the few steps a one-epoch sweep spends at the rates that make progress (some 15 a decade on
+# MNIST-1D) may not lower the loss beyond its noise: Adagrad's did not in 100 steps, and did in 200.
+LENGTHENINGS = 2
+
+
+def _median_sweep(
+    config: ExperimentConfig, weight_decay: float, steps: int | None, on_step: StepCallback | None
+) -> Curve:
+    """The step-wise median of `lr_range.seeds` sweeps of `steps` (None: the default length)."""
     settings = config.lr_range
     curves = []
     for offset in range(settings.seeds):
@@ -319,7 +343,7 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
                 trainer,
                 lr_min=settings.lr_min,
                 lr_max=settings.lr_max,
-                max_steps=settings.max_steps,
+                max_steps=steps,
                 momentum=settings.momentum,
                 weight_decay=weight_decay,
                 diverge_factor=settings.diverge_factor,
@@ -328,7 +352,10 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
                 min_steps=settings.min_steps,
             )
         )
-    curve = median_curve(curves)
+    return median_curve(curves)
+
+
+def _finite_points(curve: Curve, weight_decay: float) -> tuple[list[float], list[float]]:
     # The curve ends at the first non-finite loss; that point has nothing to plot or analyse.
     points = [(lr, loss) for lr, loss in zip(curve.lrs, curve.losses) if math.isfinite(loss)]
     if len(points) < 5:
@@ -337,13 +364,39 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
             "lower lr_range.lr_min"
         )
     lrs, losses = map(list, zip(*points))
-    reading = read_curve(lrs, losses, settings.smooth_window)
+    return lrs, losses
+
+
+def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_step: StepCallback | None = None) -> RangeResult:
+    """Run `lr_range.seeds` sweeps at one weight decay and analyse their median curve.
+
+    A curve whose loss never fell clearly is swept again, twice as long, up to `LENGTHENINGS` times
+    (never when `lr_range.max_steps` sets the length).
+    """
+    settings = config.lr_range
+    steps = settings.max_steps
+    lengthenings = 0 if settings.max_steps is not None else LENGTHENINGS
+    for attempt in range(lengthenings + 1):
+        curve = _median_sweep(config, weight_decay, steps, on_step)
+        lrs, losses = _finite_points(curve, weight_decay)
+        try:
+            reading = read_curve(lrs, losses, settings.smooth_window)
+            break
+        except LossNeverFell as err:
+            if attempt == lengthenings:
+                raise PbtError(
+                    f"{err} in a sweep of {curve.planned_steps} steps; check the model, widen lr_range.lr_min and "
+                    "lr_range.lr_max, lengthen the sweep with lr_range.max_steps, or give the range as search.lr"
+                ) from None
+            steps = 2 * curve.planned_steps
+            log.info("the loss never fell clearly in %d steps; sweeping again over %d", curve.planned_steps, steps)
     if not reading.diverged and curve.stop_reason == "reached lr_max":
         log.warning(
             "the loss never diverged up to lr_range.lr_max=%g; the range is read off lr_max and may be too low. "
             "Raise lr_range.lr_max.", settings.lr_max
         )
-    low, high, point = training_range(reading, settings.low_divisor, settings.high_divisor)
+    shift = RANGE_SHIFT.get(config.trainer.get("optimizer"), 1.0)
+    low, high, point = training_range(reading, settings.low_divisor / shift, settings.high_divisor / shift)
     return RangeResult(
         lr_low=low,
         lr_high=high,

@@ -7,14 +7,19 @@ new optimizer, so an explore step keeps the optimizer state (momentum buffers, A
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
 import torch
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 HYPERPARAMS = ("lr", "momentum", "weight_decay")
+
+# Adagrad and Adadelta have no momentum: `set_hyperparams` ignores it and `get_hyperparams` reads
+# back 0, so pbt neither searches nor shows it for them (`has_momentum`).
+HAS_MOMENTUM = ("sgd", "adam", "adamw", "rmsprop")
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,24 @@ def make_optimizer(
     if name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def has_momentum(optimizer: str | None) -> bool:
+    """Whether momentum does anything for `optimizer`, a `trainer.optimizer` setting.
+
+    Only pbt's own momentum-less optimizers say no: a trainer without that setting (None) or with
+    an optimizer pbt does not build keeps its momentum.
+    """
+    return optimizer not in OPTIMIZERS or optimizer in HAS_MOMENTUM
+
+
+def shown_hyperparams(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The hyperparameters worth a column or a plot for these records (schedule entries, runs):
+    all of `HYPERPARAMS`, less momentum where every record has 0, which is no momentum (an optimizer
+    without one, or plain SGD): a row of zeros would suggest it was searched."""
+    if any(record["momentum"] for record in records):
+        return HYPERPARAMS
+    return tuple(name for name in HYPERPARAMS if name != "momentum")
 
 
 def set_hyperparams(optimizer: torch.optim.Optimizer, **values: float | None) -> None:

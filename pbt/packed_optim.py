@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pbt.optim import HYPERPARAMS
+from pbt.optim import HAS_MOMENTUM, HYPERPARAMS
 
 PACKABLE_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 
@@ -52,8 +52,6 @@ STATE_KEYS = {
     "adagrad": ("sum",),
     "adadelta": ("square_avg", "acc_delta"),
 }
-# Adagrad and Adadelta have no momentum: pbt's `set_hyperparams` ignores it and reads back 0.
-HAS_MOMENTUM = ("sgd", "adam", "adamw", "rmsprop")
 
 
 class PackedOptimizer:

@@ -62,11 +62,12 @@ class PopulationProgress(tune.Callback):
         if best is None:
             return
         diverged = f" | {self.diverged} diverged reports" if self.diverged else ""
+        momentum = f"momentum {best['momentum']:.3g}, " if best["momentum"] else ""  # 0: none (Adagrad, plain SGD)
         self.stream.write(
             f"  [{self.label} {now - self.started:4.0f} s] {self.executed:>4}/{self.runs * self.epochs} epochs trained, "
             f"{self.finished}/{self.runs} runs finished | "
             f"best val acc {best[METRIC]:.4f} (member {best['member']}, epoch {best['training_iteration']}: "
-            f"lr {best['lr']:.3g}, momentum {best['momentum']:.3g}, wd {best['weight_decay']:.2g}){diverged}\n"
+            f"lr {best['lr']:.3g}, {momentum}wd {best['weight_decay']:.2g}){diverged}\n"
         )
         self.stream.flush()
 

@@ -4,8 +4,8 @@ TensorBoard layout under `<experiment>/tensorboard` (open it with `tensorboard -
 
 - `compare/<arm>`: one run per arm on shared charts. `vs_epochs_trained/*` and
   `vs_seconds_trained/*` plot the best validation accuracy so far (and the test accuracy of that
-  report) against the compute the arm has spent; `best_schedule/*` plots the lr, momentum and
-  weight decay of PBT's best member per epoch beside the grid's best fixed point.
+  report) against the compute the arm has spent; `best_schedule/*` plots the lr, momentum (where
+  any) and weight decay of PBT's best member per epoch beside the grid's best fixed point.
 - `pbt/member_NN`, `grid/<point>`, `one_cycle/run`: every run's own curves (`member/*`, written
   live by `pbt.records`) and its hyperparameters and final metrics for the HPARAMS dashboard.
 - `lr_range/...`: the range test (`pbt.lr_range_report`).
@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
 from pbt.compare import ARM_TITLES, ArmSummary  # noqa: E402
-from pbt.optim import HYPERPARAMS  # noqa: E402
+from pbt.optim import shown_hyperparams  # noqa: E402
 from pbt.records import read_reports  # noqa: E402
 
 ARM_COLORS = {"pbt": "tab:blue", "grid": "tab:orange", "one_cycle": "tab:green"}
@@ -96,10 +96,12 @@ def _accuracy_limits(arms: dict[str, ArmSummary], target: float | None) -> tuple
 
 
 def schedule_figure(arms: dict[str, ArmSummary], title: str) -> plt.Figure:
-    """Each arm's chosen run: lr, momentum and weight decay per epoch (PBT's schedule, the grid's fixed point)."""
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    """Each arm's chosen run: lr, momentum and weight decay per epoch (PBT's schedule, the grid's fixed
+    point); no momentum panel where no arm had any."""
+    names = shown_hyperparams(entry for arm in arms.values() for entry in arm.schedule)
+    figure, axes = plt.subplots(1, len(names), figsize=(4.35 * len(names), 3.8))
     labels = {"pbt": "PBT's best member (its lineage)", "grid": "grid's best point", "one_cycle": "one-cycle run"}
-    for axis, name in zip(axes, HYPERPARAMS):
+    for axis, name in zip(axes, names):
         for arm in arms.values():
             if arm.schedule:
                 axis.step([e["epoch"] for e in arm.schedule], [e[name] for e in arm.schedule], where="post",
@@ -126,8 +128,9 @@ def write_comparison_runs(arms: dict[str, ArmSummary], logdir: Path) -> None:
                 if point.test_acc is not None:
                     writer.add_scalar("vs_epochs_trained/test_acc_of_best_val", point.test_acc, point.epochs)
                     writer.add_scalar("vs_seconds_trained/test_acc_of_best_val", point.test_acc, round(point.seconds))
+            names = shown_hyperparams(arm.schedule)
             for entry in arm.schedule:
-                for hyperparam in HYPERPARAMS:
+                for hyperparam in names:
                     writer.add_scalar(f"best_schedule/{hyperparam}", entry[hyperparam], entry["epoch"])
 
 
@@ -143,8 +146,9 @@ def write_hparams(folder: Path, arm: str, logdir: Path) -> None:
         finals[report["label"]] = report
         if report["val_acc"] is not None:
             best[report["label"]] = max(best.get(report["label"], 0.0), report["val_acc"])
+    names = shown_hyperparams(finals.values())
     for label, final in finals.items():
-        values = {"arm": arm, **{name: final[name] for name in HYPERPARAMS if final[name] is not None}}
+        values = {"arm": arm, **{name: final[name] for name in names if final[name] is not None}}
         metrics = {"final/val_acc": final["val_acc"] or 0.0}
         if has_test:
             metrics["final/test_acc"] = final["test_acc"] or 0.0

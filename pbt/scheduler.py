@@ -47,7 +47,7 @@ class ClippedPBT(PopulationBasedTraining):
             metric=metric,
             mode="max",
             perturbation_interval=population.perturbation_interval,
-            hyperparam_mutations={name: bound.domain() for name, bound in space.bounds.items()},
+            hyperparam_mutations={name: bound.domain() for name, bound in space.searched.items()},
             quantile_fraction=population.quantile_fraction,
             resample_probability=population.resample_probability,
             perturbation_factors=tuple(population.perturbation_factors),

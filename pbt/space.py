@@ -3,6 +3,10 @@
 The same bounds seed the population and wall in its exploration. `explore` is a pure function
 (modelled on Ray's `_explore`): it perturbs or resamples each hyperparameter, clips the result to
 its bounds, and returns what it changed, so it is testable without Ray.
+
+An optimizer without momentum (Adagrad, Adadelta) has no momentum axis: nothing searches, explores
+or shows it. Its members still carry `momentum: 0` (`SearchSpace.bounds`), the value the optimizer
+reads back, so every part that sets or records all of `HYPERPARAMS` works unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import Any
 
 from ray import tune
 
-from pbt.config import ExperimentConfig
+from pbt.config import ExperimentConfig, SearchConfig
 from pbt.lr_range import RangeSweep
+from pbt.optim import has_momentum
 
 DEFAULT_WEIGHT_DECAY = (1e-5, 1e-3)
 
@@ -61,28 +66,45 @@ class Bound:
         return tune.loguniform(self.start, self.high) if self.log else tune.uniform(self.start, self.high)
 
 
+NO_MOMENTUM = Bound(0.0, 0.0, log=False)  # what members of an optimizer without momentum carry
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     lr: Bound
-    momentum: Bound
+    momentum: Bound | None  # None: the optimizer has no momentum (Adagrad, Adadelta)
     weight_decay: Bound
 
     @property
+    def searched(self) -> dict[str, Bound]:
+        """The hyperparameters that PBT explores, the grid spans and the space's printout shows."""
+        return {name: bound for name, bound in self.bounds.items() if name != "momentum" or self.momentum is not None}
+
+    @property
     def bounds(self) -> dict[str, Bound]:
-        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        """Every hyperparameter a member's config holds: the searched ones, and momentum held at 0
+        where the optimizer has none (trainers and packs set all of `HYPERPARAMS`)."""
+        return {"lr": self.lr, "momentum": self.momentum or NO_MOMENTUM, "weight_decay": self.weight_decay}
 
     def to_dict(self) -> dict[str, dict[str, float | bool]]:
         return {name: {"low": b.low, "high": b.high, "start_low": b.start, "log": b.log, "complement": b.complement}
-                for name, b in self.bounds.items()}
+                for name, b in self.searched.items()}
 
 
 def space_from_dict(bounds: dict[str, dict[str, Any]]) -> SearchSpace:
-    """The inverse of `SearchSpace.to_dict` (a resumed experiment reads its space from job.json)."""
+    """The inverse of `SearchSpace.to_dict` (a resumed experiment reads its space from job.json);
+    no `momentum` entry: the optimizer has none."""
     def bound(d: dict[str, Any]) -> Bound:
         start = d.get("start_low", d["low"])
         return Bound(d["low"], d["high"], d["log"], d.get("complement", False), None if start == d["low"] else start)
 
-    return SearchSpace(**{name: bound(values) for name, values in bounds.items()})
+    values = {name: bound(values) for name, values in bounds.items()}
+    return SearchSpace(values["lr"], values.get("momentum"), values["weight_decay"])
+
+
+def momentum_bound(search: SearchConfig) -> Bound:
+    """The configured momentum band, perturbed in 1 - momentum (see `Bound.complement`)."""
+    return Bound(search.momentum.low, search.momentum.high, log=False, complement=True)
 
 
 def search_space(config: ExperimentConfig, sweep: RangeSweep | None) -> SearchSpace:
@@ -103,7 +125,7 @@ def search_space(config: ExperimentConfig, sweep: RangeSweep | None) -> SearchSp
         weight_decay = Bound(sweep.chosen_weight_decay / 3, sweep.chosen_weight_decay * 3, log=True)
     else:
         weight_decay = Bound(*DEFAULT_WEIGHT_DECAY, log=True)
-    momentum = Bound(search.momentum.low, search.momentum.high, log=False, complement=True)
+    momentum = momentum_bound(search) if has_momentum(config.trainer.get("optimizer")) else None
     return SearchSpace(lr, momentum, weight_decay)
 
 
@@ -117,11 +139,11 @@ def explore(
     """Perturb (x factor; momentum: 1 - momentum x factor) or resample each hyperparameter, clipped to its bounds.
 
     Returns the new values and, per hyperparameter, how it changed: `lr 0.02 -> 0.024 (x1.2)`.
-    Keys of `values` that are not hyperparameters are passed through untouched.
+    Keys of `values` that the space does not search (`member`, an absent momentum) pass through untouched.
     """
     new = dict(values)
     changes = {}
-    for name, bound in space.bounds.items():
+    for name, bound in space.searched.items():
         old = values[name]
         if rng.random() < resample_probability:
             value, how = bound.sample(rng), "resampled"

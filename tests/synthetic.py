@@ -64,3 +64,24 @@ class QuadraticTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         error = self.model(self.x).squeeze(1) - self.y
         return {"val_loss": float(0.5 * (error**2).mean()), "val_acc": float((error.abs() < 0.1).float().mean())}
+
+
+class PlateauTrainer(QuadraticTrainer):
+    """A loss on a plateau: it starts to fall only once the learning rates of the steps so far add up
+    to `plateau`, falls by `gain` per unit beyond, and climbs once the rate passes 1; plus seeded
+    noise of sd `noise`. An exponential sweep's sum of rates below 1 doubles with its length, so a
+    short sweep may stay on the plateau where a longer one falls off it (Adagrad's on MNIST-1D did).
+    """
+
+    def __init__(self, config: dict[str, Any], device: torch.device) -> None:
+        super().__init__(config, device)
+        self.plateau, self.gain = config.get("plateau", 8.0), config.get("gain", 1.0)
+        self.noise = config.get("noise", 0.05)
+        self.travelled = 0.0
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.travelled += min(lr, 1.0)
+        fall = self.gain * max(self.travelled - self.plateau, 0.0)
+        climb = 10.0 * max(lr - 1.0, 0.0)
+        return torch.tensor(3.0 - fall + climb) + self.noise * torch.randn(())

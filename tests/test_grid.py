@@ -53,3 +53,45 @@ def test_configured_values_win_and_the_optimizer_is_an_axis():
 def test_point_labels_are_distinct_for_the_default_grid():
     points = grid_points(grid_axes(validate_config({"population": {"size": 16}}), SPACE))
     assert len({point_label(p) for p in points}) == 16
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adadelta"])
+def test_an_optimizer_without_momentum_spends_the_momentum_budget_on_learning_rates(optimizer):
+    config = validate_config({"population": {"size": 16}, "trainer": {"optimizer": optimizer}})
+    space = SearchSpace(SPACE.lr, None, SPACE.weight_decay)  # as search_space builds it for this optimizer
+    axes = grid_axes(config, space)
+    assert (len(axes["lr"]), axes["momentum"], len(axes["weight_decay"])) == (8, [0.0], 2)
+    points = grid_points(axes)
+    assert len(points) == 16
+    assert len({(p["lr"], p["weight_decay"]) for p in points}) == 16, "no point trained twice"
+    assert point_label(points[0]) == f"lr={axes['lr'][0]:.2g} wd=1e-05", "no momentum in the name"
+
+
+def test_a_grid_over_optimizers_trains_no_duplicate_for_the_one_without_momentum():
+    config = validate_config({"population": {"size": 16}, "grid": {"optimizer": ["sgd", "adagrad"]}})
+    axes = grid_axes(config, SPACE)
+    assert (len(axes["lr"]), axes["momentum"], len(axes["weight_decay"])) == (2, [0.85, 0.95], 2)
+    points = grid_points(axes)
+    by_optimizer = {name: [p for p in points if p["optimizer"] == name] for name in ("sgd", "adagrad")}
+    assert len(by_optimizer["sgd"]) == 8 and {p["momentum"] for p in by_optimizer["sgd"]} == {0.85, 0.95}
+    assert len(by_optimizer["adagrad"]) == 4 and {p["momentum"] for p in by_optimizer["adagrad"]} == {0.0}
+    assert [p["member"] for p in points] == list(range(12))
+    assert len({point_label(p) for p in points}) == 12
+
+
+def test_a_grid_of_optimizers_without_momentum_gets_momentum_nowhere():
+    # The trainer's own optimizer (sgd) has momentum, the grid's do not: the momentum budget goes to lrs.
+    config = validate_config({"population": {"size": 16}, "grid": {"optimizer": ["adagrad", "adadelta"]}})
+    axes = grid_axes(config, SPACE)
+    assert (len(axes["lr"]), axes["momentum"], len(axes["weight_decay"])) == (4, [0.0], 2)
+    assert len(grid_points(axes)) == 16
+
+
+def test_momentum_values_come_from_the_config_when_only_another_optimizer_has_momentum():
+    config = validate_config({
+        "population": {"size": 16}, "trainer": {"optimizer": "adagrad"}, "grid": {"optimizer": ["adagrad", "sgd"]},
+        "search": {"momentum": {"low": 0.8, "high": 0.9}},
+    })
+    axes = grid_axes(config, SearchSpace(SPACE.lr, None, SPACE.weight_decay))
+    assert axes["momentum"] == [0.8, 0.9]
+    assert len(grid_points(axes)) == 12

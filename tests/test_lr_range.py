@@ -13,6 +13,7 @@ from pbt.config import validate_config
 from pbt.errors import PbtError
 from pbt.lr_range import (
     Curve,
+    RANGE_SHIFT,
     DivergenceWatch,
     RangeResult,
     choose_weight_decay,
@@ -233,3 +234,43 @@ def test_weight_decays_run_in_parallel_ray_tasks(ray_session):
     assert by_decay[1.0].divergence_lr < 0.75 * by_decay[0.0].divergence_lr
     assert sweep.chosen_weight_decay == 1e-3
     assert sweep.to_dict()["lr_high"] == sweep.chosen.lr_high
+
+
+PLATEAU = {"trainable": f"{Path(synthetic.__file__)}:PlateauTrainer", "trainer": {"samples": 320, "batch_size": 32}}
+PLATEAU_RANGE = {**QUADRATIC_RANGE, "seeds": 1}  # an epoch of 10 steps: the sweep lasts min_steps, 100
+
+
+def test_a_sweep_whose_loss_never_fell_is_run_again_twice_as_long():
+    # 100 steps add up rates to about 6, short of the plateau of 8; 200 steps reach about 11.
+    result = find_lr_range(validate_config({**PLATEAU, "lr_range": PLATEAU_RANGE})).chosen
+    assert result.planned_steps == 200 and len(result.lrs) > 100
+    assert 1.0 < result.divergence_lr < 3.0, "the loss climbs back soon after the rate passes 1"
+    assert result.lr_low < result.lr_high < 1.0
+
+
+def test_a_sweep_is_lengthened_twice_at_most_and_then_fails_in_one_line():
+    config = validate_config({**PLATEAU, "trainer": {**PLATEAU["trainer"], "plateau": 30.0}, "lr_range": PLATEAU_RANGE})
+    with pytest.raises(PbtError) as caught:
+        find_lr_range(config)
+    message = str(caught.value)
+    assert "never fell clearly" in message and "in a sweep of 400 steps" in message and "search.lr" in message
+    assert "\n" not in message
+
+
+def test_a_sweep_length_set_in_the_config_is_kept():
+    config = validate_config({**PLATEAU, "lr_range": {**PLATEAU_RANGE, "max_steps": 100}})
+    with pytest.raises(PbtError, match="in a sweep of 100 steps; .*lr_range.max_steps, or give the range as search.lr"):
+        find_lr_range(config)
+
+
+def test_adaptive_optimizers_read_the_range_closer_to_divergence():
+    # The same curve (the quadratic trainer ignores `optimizer`), read for SGD and for Adagrad.
+    ranges = {
+        optimizer: find_lr_range(validate_config({**QUADRATIC, "trainer": {"optimizer": optimizer},
+                                                  "lr_range": QUADRATIC_RANGE})).chosen
+        for optimizer in ("sgd", "adagrad")
+    }
+    assert ranges["adagrad"].divergence_lr == ranges["sgd"].divergence_lr
+    assert ranges["adagrad"].lr_low == pytest.approx(RANGE_SHIFT["adagrad"] * ranges["sgd"].lr_low)
+    assert ranges["adagrad"].lr_high == pytest.approx(RANGE_SHIFT["adagrad"] * ranges["sgd"].lr_high)
+    assert ranges["adagrad"].lr_high < ranges["adagrad"].divergence_lr

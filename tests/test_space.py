@@ -8,7 +8,7 @@ import pytest
 
 from pbt.config import validate_config
 from pbt.lr_range import RangeResult, RangeSweep
-from pbt.space import Bound, SearchSpace, explore, search_space
+from pbt.space import Bound, SearchSpace, explore, search_space, space_from_dict
 
 SPACE = SearchSpace(
     lr=Bound(0.01, 0.05, log=True), momentum=Bound(0.85, 0.95, log=False, complement=True), weight_decay=Bound(1e-5, 1e-3, log=True)
@@ -84,3 +84,37 @@ def test_members_start_inside_the_range_and_explore_below_it():
     assert bound.clip(0.002) == 0.002 and bound.clip(0.0001) == 0.001 and bound.clip(0.05) == 0.03
     domain = bound.domain()
     assert (domain.lower, domain.upper) == (0.01, 0.03)
+
+
+@pytest.mark.parametrize("optimizer, searched", [
+    ("sgd", True), ("adam", True), ("adamw", True), ("rmsprop", True), ("adagrad", False), ("adadelta", False),
+])
+def test_momentum_is_searched_only_where_the_optimizer_has_one(optimizer, searched):
+    space = search_space(validate_config({"trainer": {"optimizer": optimizer}}), _sweep(0.0, [0.0]))
+    assert ("momentum" in space.searched) is searched
+    assert (space.momentum is not None) is searched
+    # Members carry all three hyperparameters either way; without momentum it is the 0 read back.
+    assert list(space.bounds) == ["lr", "momentum", "weight_decay"]
+    if not searched:
+        held = space.bounds["momentum"]
+        assert held.sample(random.Random(0)) == 0.0 and held.domain().categories == [0.0]
+
+
+def test_explore_leaves_an_absent_momentum_alone():
+    space = SearchSpace(SPACE.lr, None, SPACE.weight_decay)
+    rng = random.Random(0)
+    values = {"member": 1, "lr": 0.02, "momentum": 0.0, "weight_decay": 1e-4}
+    for _ in range(500):
+        values, changes = explore(values, space, rng, resample_probability=0.25)
+        assert values["momentum"] == 0.0
+        assert set(changes) == {"lr", "weight_decay"}
+
+
+def test_a_space_without_momentum_is_saved_and_read_back_without_it():
+    space = SearchSpace(SPACE.lr, None, SPACE.weight_decay)
+    saved = space.to_dict()
+    assert set(saved) == {"lr", "weight_decay"}
+    assert space_from_dict(saved) == space
+    # job.json of an experiment from before has a momentum bound: it is read back as searched.
+    older = {**saved, "momentum": {"low": 0.85, "high": 0.95, "log": False, "complement": True}}
+    assert space_from_dict(older) == SearchSpace(SPACE.lr, SPACE.momentum, SPACE.weight_decay)
