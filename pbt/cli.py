@@ -341,11 +341,13 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     return len(errors)
 
 
-def _packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], kind: str = "members") -> Any:
+def _packing(
+    config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], kind: str = "members", largest: int | None = None,
+) -> Any:
     """How the arm's runs are packed, said in a line (and why not, when `auto` could not pack)."""
     from pbt.experiment import arm_packing
 
-    packing = arm_packing(config, arm, runs)
+    packing = arm_packing(config, arm, runs, largest)
     if packing.note:
         print(f"  note: {packing.note}")
     if packing.packed:

@@ -175,14 +175,14 @@ def arm_callbacks(config: ExperimentConfig, arm: str, label=member_label) -> lis
     return [reports, *([PeriodicUpload(config.storage)] if config.storage.remote else [])]
 
 
-def arm_packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]]) -> Packing:
+def arm_packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], largest: int | None = None) -> Packing:
     """How an arm's runs are packed: as decided when the arm first started (`packing.json`: a
     resumed arm keeps its trials), else planned now for the cluster this process is connected to."""
     path = config.experiment_dir / arm / PACKING_FILE
     if path.is_file():
         return Packing.from_dict(read_json(path))
     ensure_ray()
-    packing = plan_packing(config, runs, ray.cluster_resources())
+    packing = plan_packing(config, runs, ray.cluster_resources(), largest)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(packing.to_dict(), indent=1))
     return packing

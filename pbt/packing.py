@@ -65,9 +65,11 @@ def pack_obstacle(config: ExperimentConfig) -> str | None:
     return obstacle
 
 
-def plan_packing(config: ExperimentConfig, runs: list[dict[str, Any]], cluster: dict[str, float]) -> Packing:
+def plan_packing(
+    config: ExperimentConfig, runs: list[dict[str, Any]], cluster: dict[str, float], largest: int | None = None,
+) -> Packing:
     """Pack `runs` (members or grid points; each may name an `optimizer`) for a cluster with
-    `cluster` resources (`ray.cluster_resources()`)."""
+    `cluster` resources (`ray.cluster_resources()`); `auto` makes no pack larger than `largest`."""
     wanted = config.population.pack
     if wanted == 1 or len(runs) < 2:
         return Packing()
@@ -80,7 +82,7 @@ def plan_packing(config: ExperimentConfig, runs: list[dict[str, Any]], cluster: 
     resources = {"cpu": config.resources.cpu, "gpu": float(math.ceil(config.resources.gpu))}
     if wanted == "auto":
         slots = [int(cluster.get(key.upper(), 0.0) // amount) for key, amount in resources.items() if amount > 0]
-        per_pack = math.ceil(len(runs) / max(1, min(slots)))
+        per_pack = min(math.ceil(len(runs) / max(1, min(slots))), largest or len(runs))
     else:
         per_pack = wanted
     if per_pack < 2:  # as many slots as runs: one member per process is the same thing

@@ -56,7 +56,9 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
                                       else f"no range: {found['error']}"))
         print(f"\n{runs} runs in {_where(config.storage, arm)}:")
         points = sweep_points(settings, names)
-        packing = _packing(variant, arm, points, kind="runs")
+        # One optimizer's rates at most per pack: every run's share of its pack's time is then
+        # comparable across optimizers and widths (a larger pack costs less per member).
+        packing = _packing(variant, arm, points, kind="runs", largest=settings.rates)
         points, records, failed = run_sweep(variant, arm, names, [_progress(variant, arm, arm, runs)], packing)
         optimizers = summarize(points, records, failed, settings, range_tests)
         print()

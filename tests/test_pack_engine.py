@@ -146,6 +146,8 @@ def test_auto_packs_over_the_slots_and_respects_one_member_per_process(tmp_path,
     assert not many_slots.packed, "a slot per member: one member per process is the same thing"
     odd = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack=5, size=16), runs, {"CPU": 64.0})
     assert sorted(len(g) for g in odd.groups) == [4, 4, 4, 4]
+    capped = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16), runs, {"CPU": 2.0}, largest=6)
+    assert [len(g) for g in capped.groups] == [6, 5, 5], "at most `largest` per pack (pbt sweep: one optimizer's rates)"
 
 
 def test_a_gpu_pack_asks_for_a_whole_gpu(tmp_path, tiny_mnist1d):
