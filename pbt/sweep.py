@@ -30,7 +30,6 @@ from pbt.packing import Packing
 from pbt.records import read_failures, read_reports
 from pbt.registry import build_trainer
 
-SWEEP_FILE = "sweep.json"
 REACHED, NOT_REACHED, DIVERGED, FAILED = "reached", "not reached", "diverged", "failed"
 SPLIT_METRICS = {"train": "train_acc", "val": "val_acc"}
 

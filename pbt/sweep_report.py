@@ -25,7 +25,7 @@ OUTCOME_MARKERS = {REACHED: ("o", "tab:green"), NOT_REACHED: ("o", "lightgray"),
 
 def format_sweep_table(optimizers: dict[str, dict[str, Any]]) -> str:
     """One line per optimizer: its range test, its band, the fastest rate, and whether they agree."""
-    lines = [f"{'optimizer':<13} {'range test':<21} {'band that reaches the target':<30} {'fastest lr':<26} range in band"]
+    lines = [f"{'optimizer':<13} {'range test':<21} {'band that reaches the target':<32} {'fastest lr':<26} range in band"]
     for name, entry in optimizers.items():
         test, found = entry["range_test"], entry["band"]
         tested = f"[{test['lr_low']:.3g}, {test['lr_high']:.3g}]" if "lr_low" in test else "none (see below)"
@@ -36,7 +36,7 @@ def format_sweep_table(optimizers: dict[str, dict[str, Any]]) -> str:
             best = found["fastest"]
             fastest = f"{best['lr']:.3g} ({best['epochs_to_target']} ep, {best['seconds_to_target']:.1f} s)"
         inside = {True: "yes", False: "NO", None: "-"}[entry["range_inside_band"]]
-        lines.append(f"{name:<13} {tested:<21} {banded:<30} {fastest:<26} {inside}")
+        lines.append(f"{name:<13} {tested:<21} {banded:<32} {fastest:<26} {inside}")
     for name, entry in optimizers.items():
         if "error" in entry["range_test"]:
             lines.append(f"  {name}: the range test found no range: {entry['range_test']['error']}")
@@ -127,7 +127,7 @@ def width_figure(widths: list[dict[str, Any]], transfer: dict[str, dict[str, Any
 
 
 def write_sweep_tensorboard(folder: Path, figures: dict[str, Figure], text: str) -> None:
-    """The plots as TensorBoard images and the table as text, in the run `sweep_summary`."""
+    """The plots as TensorBoard images and the table as text, in the run `folder`."""
     writer = SummaryWriter(str(folder))
     for tag, figure in figures.items():
         writer.add_figure(tag, figure, close=False)

@@ -16,7 +16,6 @@ from pbt.registry import resolve_trainer, trainer_settings
 from pbt.storage import TENSORBOARD
 from pbt.sweep import (
     SPLIT_METRICS,
-    SWEEP_FILE,
     check_optimizers,
     count_weights,
     range_test,
@@ -65,10 +64,11 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
         print(format_sweep_table(optimizers))
         results.append({"width": width, "arm": arm, "weights": weights, "optimizers": optimizers})
         config.storage.sync_up()
-    summary = write_sweep(config, results, target_text)
-    if widths is not None:
+    stem = "sweep" if widths is None else "sweep_widths"  # the two kinds of sweep keep their own files
+    summary = write_sweep(config, results, target_text, stem)
+    if "width_transfer" in summary:
         print_transfer(summary["width_transfer"])
-    print(f"\nWrote {_shown(config.experiment_dir / SWEEP_FILE)}")
+    print(f"\nWrote {_shown(config.experiment_dir / f'{stem}.json')}")
     for path in summary["files"]["plots"]:
         print(f"      {_shown(config.experiment_dir / path)}")
     print(f"      {_shown(config.experiment_dir / TENSORBOARD)}   (view: tensorboard --logdir "
@@ -90,8 +90,8 @@ def width_config(config: ExperimentConfig, width: float) -> ExperimentConfig:
     return config.model_copy(update={"trainer": trainer})
 
 
-def write_sweep(config: ExperimentConfig, results: list[dict[str, Any]], target_text: str) -> dict[str, Any]:
-    """`sweep.json`, the plots (PNG and TensorBoard) of each width, and the width transfer."""
+def write_sweep(config: ExperimentConfig, results: list[dict[str, Any]], target_text: str, stem: str) -> dict[str, Any]:
+    """`<stem>.json`, the plots (PNG and TensorBoard) of each width, and the width transfer."""
     folder = config.experiment_dir
     summary: dict[str, Any] = {"settings": config.sweep.model_dump(), "trainable": config.trainable,
                                "widths": results, "files": {"plots": []}}
@@ -110,9 +110,9 @@ def write_sweep(config: ExperimentConfig, results: list[dict[str, Any]], target_
         figure.savefig(folder / "sweep_widths.png", dpi=110, bbox_inches="tight")
         summary["files"]["plots"].append("sweep_widths.png")
         figures["sweep/widths"] = figure
-    (folder / SWEEP_FILE).write_text(json.dumps(summary, indent=1))
+    (folder / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     table = "\n\n".join(format_sweep_table(result["optimizers"]) for result in results)
-    write_sweep_tensorboard(folder / TENSORBOARD / "sweep_summary", figures, table)
+    write_sweep_tensorboard(folder / TENSORBOARD / f"{stem}_summary", figures, table)
     for figure in figures.values():
         plt.close(figure)
     return summary

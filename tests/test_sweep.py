@@ -164,7 +164,7 @@ def test_widths_repeat_the_packed_sweep_and_fit_time_against_weights(ray_session
                   "max_epochs": 3}}, "--widths", "0.5,1")
     assert code == 0, out
     assert "packed: 3 runs" in out
-    summary = json.loads((folder / "sweep.json").read_text())
+    summary = json.loads((folder / "sweep_widths.json").read_text())
     weights = [width["weights"] for width in summary["widths"]]
     assert [width["width"] for width in summary["widths"]] == [0.5, 1.0] and weights[0] < weights[1]
     transfer = summary["width_transfer"]["sgd+momentum"]
@@ -189,6 +189,7 @@ def test_readme_sweep_commands_run_as_written(ray_session, tmp_path):
         out = tmp_path / "out.txt"
         with out.open("w") as stream, contextlib.redirect_stdout(stream):
             assert main([*argv[1:], *shrink]) == 0, out.read_text()
-    summary = json.loads((tmp_path / "mnist1d" / "sweep.json").read_text())
-    assert [width["width"] for width in summary["widths"]] == [1.0, 2.0, 4.0, 8.0]
-    assert (tmp_path / "mnist1d" / "sweep.png").is_file()  # the first command's plot, kept beside the widths'
+    widths = json.loads((tmp_path / "mnist1d" / "sweep_widths.json").read_text())
+    assert [width["width"] for width in widths["widths"]] == [1.0, 2.0, 4.0, 8.0]
+    assert len(json.loads((tmp_path / "mnist1d" / "sweep.json").read_text())["widths"][0]["optimizers"]) == 6, \
+        "the first command's results are kept beside the widths'"
