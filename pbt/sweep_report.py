@@ -53,16 +53,8 @@ def sweep_figure(optimizers: dict[str, dict[str, Any]], target_text: str, title:
         gridspec_kw={"height_ratios": [3, 0.5 + 0.35 * len(names)]})
     colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     for name, entry in optimizers.items():
-        reached = [run for run in entry["runs"] if run["status"] == REACHED]
-        if reached:
-            times.plot([run["lr"] for run in reached], [run["seconds_to_target"] for run in reached], "o-",
-                       color=colors[name], label=name, markersize=4)
-    times.set_xscale("log")
-    times.set_ylabel("compute seconds to target")
-    times.set_title(f"{title}\ntime to {target_text}; runs that never reached it are in the rows below")
-    times.grid(True, which="both", alpha=0.3)
-    if _labelled(times):
-        times.legend(fontsize=8)
+        _plot_time_to_target(times, entry["runs"], color=colors[name], label=name)
+    _time_axes(times, f"{title}\ntime to {target_text}; runs that never reached it are in the rows below")
     for row, (name, entry) in enumerate(optimizers.items()):
         test = entry["range_test"]
         if "lr_low" in test:
@@ -85,25 +77,33 @@ def _labelled(axes: Any) -> set[str]:
     return set(axes.get_legend_handles_labels()[1])
 
 
+def _plot_time_to_target(axes: Any, runs: list[dict[str, Any]], **style: Any) -> None:
+    reached = [run for run in runs if run["status"] == REACHED]
+    axes.plot([run["lr"] for run in reached], [run["seconds_to_target"] for run in reached], "o-", markersize=4, **style)
+
+
+def _time_axes(axes: Any, title: str) -> None:
+    axes.set_xscale("log")
+    axes.set_ylabel("compute seconds to target")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    if _labelled(axes):
+        axes.legend(fontsize=8)
+
+
 def width_figure(widths: list[dict[str, Any]], transfer: dict[str, dict[str, Any]], title: str) -> Figure:
     """Left: time to target against lr at each width (first optimizer); right: the fastest time
     against the number of weights with the fitted line, per optimizer."""
     figure, (curves, fits) = plt.subplots(1, 2, figsize=(12, 4.5))
     name = next(iter(transfer))
     for width in widths:
-        runs = [run for run in width["optimizers"][name]["runs"] if run["status"] == REACHED]
-        curves.plot([run["lr"] for run in runs], [run["seconds_to_target"] for run in runs], "o-", markersize=4,
-                    label=f"width {width['width']:g} ({width['weights']:,} weights)")
+        _plot_time_to_target(curves, width["optimizers"][name]["runs"],
+                             label=f"width {width['width']:g} ({width['weights']:,} weights)")
         best = width["optimizers"][name]["band"]["fastest"]
         if best:
             curves.axvline(best["lr"], color=curves.get_lines()[-1].get_color(), linestyle=":", alpha=0.7)
-    curves.set_xscale("log")
     curves.set_xlabel("learning rate (log); dotted: the fastest at each width")
-    curves.set_ylabel("compute seconds to target")
-    curves.set_title(f"{name}: time to target at each width")
-    curves.grid(True, which="both", alpha=0.3)
-    if _labelled(curves):
-        curves.legend(fontsize=8)
+    _time_axes(curves, f"{name}: time to target at each width")
     for optimizer, found in transfer.items():
         points = found["points"]
         if not points:
