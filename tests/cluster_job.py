@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synthetic  # noqa: E402
@@ -51,6 +52,20 @@ class RemoveNodeAfter(tune.Callback):
             self.cluster.remove_node(busy[0])
 
 
+@ray.remote(num_cpus=1)
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def warm_up(nodes: list) -> None:
+    """Start a worker process on every node before the population starts. On this loaded 2-core
+    machine a node's first worker can take long to come up; a suite run once saw every member
+    scheduled on the head alone while the workers' nodes stayed unused."""
+    for node in nodes:
+        strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+        assert ray.get(_node_id.options(scheduling_strategy=strategy).remote(), timeout=180) == node.node_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -62,6 +77,7 @@ def main() -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
+        warm_up([cluster.head_node, *workers])
         config = validate_config({
             "name": "cluster",
             "storage_path": str(args.out),
