@@ -181,11 +181,16 @@ def member_reports(config: dict[str, Any], result: dict[str, Any]) -> Iterator[t
         yield config, result
         return
     shared = {key: result[key] for key in ("training_iteration", "node_id") if key in result}
-    for report in result[MEMBERS].values():
+    for report in member_results_of(result):
         member_config = {"member": report["member"], **{name: report[name] for name in HYPERPARAMS}}
         if "optimizer" in config:
             member_config["optimizer"] = config["optimizer"]
         yield member_config, {**report, **shared}
+
+
+def member_results_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-member reports of a trial's result (a pack's members; an actor's result itself)."""
+    return list(result[MEMBERS].values()) if MEMBERS in result else [result]
 
 
 def member_configs(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from pbt.errors import PbtError
 from pbt.experiment import arm_callbacks
 from pbt.launch import ensure_ray, run_grid
 from pbt.lr_range import find_lr_range
-from pbt.pack_trial import MEMBERS
+from pbt.pack_trial import member_results_of
 from pbt.packed import OPTIMIZER_NAMES
 from pbt.packing import Packing
 from pbt.records import read_failures, read_reports
@@ -91,7 +91,7 @@ class TargetStopper(tune.Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         finished = []
-        for report in result[MEMBERS].values() if MEMBERS in result else [result]:
+        for report in member_results_of(result):
             key = (trial_id, report.get("member", 0))
             self.spent[key] = self.spent.get(key, 0.0) + report.get("compute_seconds", 0.0)
             value = report.get(self.metric)
@@ -233,11 +233,10 @@ def count_weights(config: ExperimentConfig) -> int:
 
 
 def run_sweep(
-    config: ExperimentConfig, arm: str, names: list[str], callbacks: list[tune.Callback], packing: Packing,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """Train every (optimizer, rate) run of `names` in the arm `arm`: its points, reports and failed labels."""
+    config: ExperimentConfig, arm: str, points: list[dict[str, Any]], callbacks: list[tune.Callback], packing: Packing,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Train the sweep's `points` (`sweep_points`) in the arm `arm`: their reports and failed labels."""
     settings = config.sweep
-    points = sweep_points(settings, names)
     metric = SPLIT_METRICS[settings.split]
     stopper = TargetStopper(metric, settings.target, settings.max_seconds)
     ensure_ray()
@@ -248,7 +247,7 @@ def run_sweep(
                        f"return {metric} from its {'train_epoch' if metric == 'train_acc' else 'evaluate'}(), "
                        "or set sweep.split=val")
     folder = config.experiment_dir / arm
-    return points, read_reports(folder), read_failures(folder)
+    return read_reports(folder), read_failures(folder)
 
 
 def sweep_experiment(config: ExperimentConfig) -> ExperimentConfig:

@@ -39,7 +39,7 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
     check_fresh(config.storage, tuple(arm for _, arm, _ in variants), overwrite)
     save_config(config)
     target_text = f"{settings.target:.0%} {settings.split} accuracy ({SPLIT_METRICS[settings.split]})"
-    runs = len(sweep_points(settings, names))
+    points = sweep_points(settings, names)  # the same runs at every width
     print(f"Sweep: {', '.join(names)} x {settings.rates} learning rates from {settings.lr_min:g} to {settings.lr_max:g}; "
           f"each run until {target_text}, divergence, {settings.max_epochs} epochs or {settings.max_seconds:g} s of compute")
     results = []
@@ -53,12 +53,11 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
             found = range_tests[name]
             print(f"  {name:<13} " + (f"[{found['lr_low']:.3g}, {found['lr_high']:.3g}]" if "lr_low" in found
                                       else f"no range: {found['error']}"))
-        print(f"\n{runs} runs in {_where(config.storage, arm)}:")
-        points = sweep_points(settings, names)
+        print(f"\n{len(points)} runs in {_where(config.storage, arm)}:")
         # One optimizer's rates at most per pack: every run's share of its pack's time is then
         # comparable across optimizers and widths (a larger pack costs less per member).
         packing = _packing(variant, arm, points, kind="runs", largest=settings.rates)
-        points, records, failed = run_sweep(variant, arm, names, [_progress(variant, arm, arm, runs)], packing)
+        records, failed = run_sweep(variant, arm, points, [_progress(variant, arm, arm, len(points))], packing)
         optimizers = summarize(points, records, failed, settings, range_tests)
         print()
         print(format_sweep_table(optimizers))
