@@ -24,7 +24,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from pbt.config import ExperimentConfig
 from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
 from pbt.packed_conv import fast_convolutions
-from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer
+from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 from pbt.registry import build_trainer
 from pbt.trainer import TensorClassificationTrainer, Trainer
 
@@ -70,7 +70,13 @@ class PackedModel:
         # The template holds the architecture only; the weights come in through functional_call.
         self.template = copy.deepcopy(models[0]).to("meta")
         if next(iter(self.params.values())).device.type == "cpu":
-            fast_convolutions(self.template)  # oneDNN's grouped convolutions are slow in vmap's layout
+            # Per-operation overhead is what a CPU pack pays most for (GPU packs keep the layout
+            # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and one
+            # (K, P) tensor behind every parameter lets the optimizer step them all at once.
+            fast_convolutions(self.template)
+            flat = flat_parameters(self.params)
+            if flat is not None:
+                self.params = flat[1]
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.template, (params, buffers), (x,))

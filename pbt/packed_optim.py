@@ -22,6 +22,10 @@ Where the layout differs from torch, the arithmetic does not:
   momentum explore turns off and on again trains as it would alone.
 - The step count is one (K,) tensor per pack, not one per parameter: the two differ only for a
   parameter that has a gradient on some steps and none on others.
+- When the parameters are views tiling one (K, P) tensor (`flat_parameters`), so is the state,
+  and a step whose every parameter has a gradient updates all of them at once: a handful of
+  operations on (K, P) tensors instead of as many per parameter. The per-element arithmetic is
+  the same, so the results are too; a step with a missing gradient goes parameter by parameter.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class PackedOptimizer:
     weight_decay: Tensor  # (K,)
     steps: Tensor  # (K,) float32: steps taken by each member's state (Adam's bias correction)
     state: list[dict[str, Tensor]]  # per parameter, each tensor shaped like the parameter
+    flat: Tensor | None  # the (K, P) tensor the parameters are views of, if they tile one
+    flat_state: dict[str, Tensor]  # with `flat`: each state key as one (K, P) tensor, `state` its views
 
     def __init__(
         self,
@@ -89,7 +95,14 @@ class PackedOptimizer:
         self.steps = torch.zeros(members, **zeros)
         # Zeros reproduce torch's lazy first-step initialisation exactly: SGD's `buf = d_p.clone()`
         # equals `0 * momentum + d_p`, and the other optimizers start from zeros themselves.
-        self.state = [{key: torch.zeros_like(p) for key in STATE_KEYS[name]} for p in self.params]
+        self.flat = _tiled_base(self.params)
+        if self.flat is None:
+            self.flat_state = {}
+            self.state = [{key: torch.zeros_like(p) for key in STATE_KEYS[name]} for p in self.params]
+        else:
+            self.flat_state = {key: torch.zeros_like(self.flat) for key in STATE_KEYS[name]}
+            self.state = [{key: _view_like(flat, p, self.flat) for key, flat in self.flat_state.items()}
+                          for p in self.params]
         for member in range(members):
             self.set_hyperparams(member, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -129,6 +142,10 @@ class PackedOptimizer:
         self.steps += 1
         coefs = _Coefficients(self._coefficients())
         update = _UPDATES[self.name]
+        if self.flat is not None and len(with_grad) == len(self.params):
+            grad = torch.cat([g.reshape(self.members, -1) for _, g, _ in with_grad], dim=1)
+            update(self.flat, grad, self.flat_state, coefs, self.nesterov)
+            return
         for p, grad, state in with_grad:
             update(p, grad, state, coefs, self.nesterov)
 
@@ -244,6 +261,42 @@ class PackedOptimizer:
                 if key not in entry or entry[key].shape != shape:
                     found = tuple(entry[key].shape) if key in entry else "nothing"
                     raise ValueError(f"parameter {index}: state {key!r} should be {tuple(shape)}, found {found}")
+
+
+def flat_parameters(stacked: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]] | None:
+    """Stacked parameters (K, ...) copied into one (K, P) tensor, and each given back as a view of
+    it that requires grad as the original did: a `PackedOptimizer` over those views steps them all
+    at once. None when the parameters differ in dtype or device (no one tensor holds them)."""
+    tensors = list(stacked.values())
+    if not tensors or len({(t.dtype, t.device) for t in tensors}) > 1:
+        return None
+    members = tensors[0].shape[0]
+    flat = torch.cat([t.detach().reshape(members, -1) for t in tensors], dim=1)
+    views, start = {}, 0
+    for name, tensor in stacked.items():
+        size = tensor[0].numel()
+        views[name] = flat[:, start : start + size].view(tensor.shape).requires_grad_(tensor.requires_grad)
+        start += size
+    return flat, views
+
+
+def _tiled_base(params: list[Tensor]) -> Tensor | None:
+    """The (K, P) tensor `params` are consecutive per-member-contiguous views of, in order, or None."""
+    base = params[0]._base
+    if base is None or base.dim() != 2 or not base.is_contiguous():
+        return None
+    offset = base.storage_offset()
+    for p in params:
+        if p._base is not base or p.storage_offset() != offset or p.stride(0) != base.stride(0) or not p[0].is_contiguous():
+            return None
+        offset += p[0].numel()
+    return base if offset == base.storage_offset() + base.shape[1] else None
+
+
+def _view_like(flat: Tensor, p: Tensor, base: Tensor) -> Tensor:
+    """The part of `flat` (shaped like `base`) that parameter `p` (a view of `base`) occupies."""
+    start = p.storage_offset() - base.storage_offset()
+    return flat[:, start : start + p[0].numel()].view(p.shape)
 
 
 def _check_params(params: list[Tensor], members: int) -> None:

@@ -71,6 +71,7 @@ def _epochs(pack: PackedTrainer):
 @pytest.mark.parametrize("kind", ["mnist1d", "batchnorm"])
 def test_a_pack_trains_like_separate_models(kind):
     pack, separate = train_both(kind)
+    assert pack.optimizer.flat is not None  # a CPU pack steps its parameters as one tensor
     for member, trainer in enumerate(separate):
         packed = pack.model.member_state_dict(member)
         for name, tensor in trainer.model.state_dict().items():  # weights and BatchNorm's running statistics

@@ -85,3 +85,35 @@ def test_only_plain_zero_padded_convolutions_change() -> None:
                                 torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3), torch.nn.Conv3d(1, 1, 1))
     assert fast_convolutions(model) == 1
     assert "forward" in vars(model[0]) and not any("forward" in vars(module) for module in model[1:])
+
+
+def test_under_nested_transforms_torch_s_own_rule_runs() -> None:
+    # Per-member gradients by `torch.func.grad` around the vmap: the weights the convolution sees
+    # are wrapped twice, which the fast path leaves to torch; the results must still be torch's.
+    layer, shape = _layers()[0]
+    fast = copy.deepcopy(layer).double().to("meta")
+    fast_convolutions(fast)
+    params, _ = _stacked(layer)
+    params = {name: p.detach() for name, p in params.items()}
+    x = torch.randn(MEMBERS, *shape, dtype=torch.double)
+
+    def loss(template: torch.nn.Module):
+        return lambda p: _run(template, p, x, shared=False).square().sum()
+
+    plain = copy.deepcopy(layer).double().to("meta")
+    torch.testing.assert_close(torch.func.grad(loss(fast))(params), torch.func.grad(loss(plain))(params))
+
+
+def test_the_fast_path_runs_under_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Guard against the equality tests passing because every call fell back to torch's own rule.
+    import pbt.packed_conv as packed_conv
+
+    calls = []
+    grouped = packed_conv._grouped_channels_last
+    monkeypatch.setattr(packed_conv, "_grouped_channels_last", lambda *args: calls.append(1) or grouped(*args))
+    layer, shape = _layers()[0]
+    fast = copy.deepcopy(layer).double().to("meta")
+    fast_convolutions(fast)
+    params, _ = _stacked(layer)
+    _run(fast, params, torch.randn(MEMBERS, *shape, dtype=torch.double), shared=False)
+    assert calls == [1]

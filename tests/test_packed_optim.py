@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from pbt.optim import make_optimizer, set_hyperparams
-from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer
+from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 
 K, FEATURES, HIDDEN, CLASSES, BATCH = 4, 6, 16, 3, 8
 
@@ -51,8 +51,11 @@ class Pack:
     """K members as stacked parameters, trained like `pbt.packed.PackedTrainer`: one vmap of
     functional_call, the sum of the members' losses backpropagated, a PackedOptimizer step."""
 
-    def __init__(self, name: str, models: list[nn.Module], hyperparams: list, nesterov: bool = False) -> None:
+    def __init__(self, name: str, models: list[nn.Module], hyperparams: list, nesterov: bool = False,
+                 flat: bool = True) -> None:
         self.params, self.buffers = stack_module_state(models)
+        if flat:  # as PackedModel holds them: views of one (K, P) tensor, stepped at once
+            self.params = flat_parameters(self.params)[1]
         self.template = copy.deepcopy(models[0]).to("meta")
         self.optimizer = PackedOptimizer(name, list(self.params.values()), len(models), nesterov=nesterov)
         for member, (lr, momentum, weight_decay) in enumerate(hyperparams):
@@ -108,9 +111,9 @@ class Separate:
         return {name: p.detach() for name, p in self.models[member].named_parameters()}
 
 
-def _pair(name: str, nesterov: bool = False) -> tuple[Pack, Separate]:
+def _pair(name: str, nesterov: bool = False, flat: bool = True) -> tuple[Pack, Separate]:
     models, hyperparams = _models(), _hyperparams(name, nesterov)
-    return Pack(name, models, hyperparams, nesterov), Separate(name, models, hyperparams, nesterov)
+    return Pack(name, models, hyperparams, nesterov, flat), Separate(name, models, hyperparams, nesterov)
 
 
 def _batches(steps: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,9 +142,10 @@ def _with_member_batch(x: torch.Tensor, y: torch.Tensor, source: int, target: in
     return x, y
 
 
+@pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize(("name", "nesterov"), CASES)
-def test_pack_trains_each_member_like_its_own_torch_optimizer(name, nesterov):
-    pack, separate = _pair(name, nesterov)
+def test_pack_trains_each_member_like_its_own_torch_optimizer(name, nesterov, flat):
+    pack, separate = _pair(name, nesterov, flat)
     for x, y in _batches(20):
         pack.train_step(x, y)
         separate.train_step(x, y)
@@ -270,8 +274,32 @@ def test_state_dict_round_trip_through_weights_only_load_continues_exactly(name,
         _assert_same_member(original, member, restored, member)
 
 
-def test_params_without_grad_are_skipped():
-    pack = Pack("adam", _models(), _hyperparams("adam"))
+@pytest.mark.parametrize(("name", "nesterov"), CASES)
+def test_flat_parameters_step_exactly_as_separate_tensors(name, nesterov):
+    models, hyperparams = _models(), _hyperparams(name, nesterov)
+    flat, tensors = (Pack(name, models, hyperparams, nesterov, flat=layout) for layout in (True, False))
+    assert flat.optimizer.flat is not None and tensors.optimizer.flat is None
+    for x, y in _batches(10):
+        flat.train_step(x, y)
+        tensors.train_step(x, y)
+    for member in range(K):
+        _assert_same_member(flat, member, tensors, member)
+        for own, other in zip(flat.optimizer.member_state(member)["state"], tensors.optimizer.member_state(member)["state"]):
+            for key in own:
+                assert torch.equal(own[key], other[key]), key
+
+
+def test_flat_parameters_are_refused_when_no_one_tensor_holds_them():
+    assert flat_parameters({"a": torch.zeros(K, 2), "b": torch.zeros(K, 3, dtype=torch.float64)}) is None
+    # Parameters that are not views of one tensor in order step one by one.
+    base = torch.zeros(K, 5)
+    reordered = [base[:, 2:5].requires_grad_(), base[:, 0:2].requires_grad_()]
+    assert PackedOptimizer("sgd", reordered, K).flat is None
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_params_without_grad_are_skipped(flat):
+    pack = Pack("adam", _models(), _hyperparams("adam"), flat=flat)
     x, y = next(_batches(1))
     pack.train_step(x, y)
     frozen = pack.params["2.bias"]
