@@ -53,13 +53,10 @@ class Packing:
 
 def pack_obstacle(config: ExperimentConfig) -> str | None:
     """Why this experiment's members cannot be packed (one line), or None."""
-    settings = config.trainer
-    if config.resources.gpu > 0 and "channels_last" in settings and settings["channels_last"] != settings.get("autocast"):
-        # Seen on an H100 (torch 2.11): bf16 autocast without channels-last fails in BatchNorm
-        # under vmap, channels-last without autocast in vmap's `is_contiguous`; both or neither work.
-        return (f"trainer.autocast={settings.get('autocast')} with trainer.channels_last={settings['channels_last']} "
-                "fails inside PyTorch's vmap on CUDA (set both to true, or both to false)")
-    obstacle = packing_obstacle(resolve_trainer(config.trainable))
+    cls = resolve_trainer(config.trainable)
+    obstacle = packing_obstacle(cls)
+    if obstacle is None and config.resources.gpu > 0:
+        obstacle = cls.cuda_pack_obstacle(config.trainer)
     if obstacle is None:  # the optimizer is the trainer's choice: build one member to see it
         obstacle = optimizer_obstacle(build_trainer(config, device="cpu").optimizer)
     return obstacle
@@ -93,3 +90,23 @@ def plan_packing(
         # Consecutive chunks whose sizes differ by one at most.
         groups.extend(tuple(int(i) for i in chunk) for chunk in np.array_split(indices, math.ceil(len(indices) / per_pack)))
     return Packing(groups=tuple(groups), resources=tuple(resources.items()))
+
+
+def check_packs_run_together(packing: Packing, nodes: list[dict[str, float]]) -> None:
+    """A `PbtError` when `nodes` (the cluster's live machines) cannot run every pack at once. PBT
+    across packs is synchronous: a pack waits at each perturbation for all the others while holding
+    its slot, so a pack that never got a slot would keep the rest waiting until the board gives up
+    (an hour)."""
+    if not packing.packed:
+        return
+    wanted = {key: amount for key, amount in packing.resources if amount > 0}
+    slots = sum(min(int(node.get(key.upper(), 0.0) // amount) for key, amount in wanted.items()) for node in nodes)
+    packs, members = len(packing.groups), sum(len(group) for group in packing.groups)
+    if packs > slots:
+        asked = " and ".join(f"{amount:g} {key.upper()}" for key, amount in wanted.items())
+        has = ", ".join(f"{sum(node.get(key.upper(), 0.0) for node in nodes):g} {key.upper()}s" for key in wanted)
+        fits = f"population.pack={math.ceil(members / slots)} or more, or " if slots else ""
+        raise PbtError(
+            f"population.pack: {members} members in {packs} packs, each asking for {asked}, but Ray can run "
+            f"{slots} at once here ({has} in {len(nodes)} machine(s)); PBT across packs needs every pack "
+            f"running together (they meet at each perturbation): set {fits}population.pack=auto")

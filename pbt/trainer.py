@@ -134,6 +134,13 @@ class TensorClassificationTrainer(Trainer):
     y_test: torch.Tensor | None = None
     eval_batch_size: int = 4096
 
+    @classmethod
+    def cuda_pack_obstacle(cls, settings: dict[str, Any]) -> str | None:
+        """Why members built from `settings` (the `trainer:` section) cannot be packed on CUDA, in
+        one line, or None: a subclass whose settings pick kernels that fail under `vmap` there
+        says so, and the packed engine then trains one member per process."""
+        return None
+
     def steps_per_epoch(self) -> int:
         return len(self.x_train) // self.batch_size
 

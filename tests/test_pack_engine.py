@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import ray
 from ray import tune
+from vision_files import write_mnist
 
 from pbt.config import validate_config
 from pbt.errors import PbtError
+from pbt.experiment import arm_packing
 from pbt.launch import run_grid, run_population
 from pbt.lineage import build_lineage
 from pbt.pack_trial import member_results
-from pbt.packing import plan_packing
+from pbt.packing import check_packs_run_together, plan_packing
 from pbt.records import ReportRecorder, read_reports
 from pbt.space import search_space
 
@@ -150,6 +152,29 @@ def test_auto_packs_over_the_slots_and_respects_one_member_per_process(tmp_path,
     assert [len(g) for g in capped.groups] == [6, 5, 5], "at most `largest` per pack (pbt sweep: one optimizer's rates)"
 
 
+def test_pbt_refuses_more_packs_than_run_at_once(tmp_path, tiny_mnist1d):
+    runs = [{"member": m} for m in range(16)]
+    four_packs = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack=4, size=16), runs, {"CPU": 2.0})
+    with pytest.raises(PbtError, match=r"16 members in 4 packs.*run 2 at once.*population.pack=8 or more"):
+        check_packs_run_together(four_packs, [{"CPU": 2.0, "GPU": 0.0}])
+    check_packs_run_together(four_packs, [{"CPU": 2.0}, {"CPU": 3.0}])  # two machines hold 2 + 3 packs
+    auto = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16), runs, {"CPU": 2.0})
+    check_packs_run_together(auto, [{"CPU": 2.0}])  # auto plans for the slots there are
+    gpu = packed_config(tmp_path, tiny_mnist1d, pack=8, size=16)
+    gpu = gpu.model_copy(update={"resources": gpu.resources.model_copy(update={"gpu": 1.0})})
+    with pytest.raises(PbtError, match=r"each asking for 1 CPU and 1 GPU, but Ray can run 1 at once"):
+        check_packs_run_together(plan_packing(gpu, runs, {"CPU": 16.0, "GPU": 1.0}), [{"CPU": 16.0, "GPU": 1.0}])
+
+
+def test_only_the_pbt_arm_needs_its_packs_at_once(ray_session, tmp_path, tiny_mnist1d):
+    # A grid's packs are independent trials that queue for slots; PBT's meet at each perturbation.
+    config = packed_config(tmp_path, tiny_mnist1d, pack=2, size=8)
+    runs = [{"member": m} for m in range(8)]
+    with pytest.raises(PbtError, match="PBT across packs needs every pack running together"):
+        arm_packing(config, "pbt", runs)
+    assert len(arm_packing(config, "grid", runs).groups) == 4
+
+
 def test_a_gpu_pack_asks_for_a_whole_gpu(tmp_path, tiny_mnist1d):
     config = packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16)
     config = config.model_copy(update={"resources": config.resources.model_copy(update={"gpu": 0.25})})
@@ -177,16 +202,19 @@ def test_readme_shows_the_note_auto_prints_for_a_trainer_that_cannot_pack(tmp_pa
 
 
 def test_gpu_packs_refuse_mixed_autocast_and_channels_last(tmp_path):
-    """The vision trainers' two CUDA settings must agree in a pack (vmap fails otherwise); checked on the driver."""
-    # A trainer that takes any settings (the vision trainers need image files).
-    batchnorm = Path(__file__).with_name("test_packed.py")
-    config = validate_config({"trainable": f"{batchnorm}:BatchNormTrainer", "storage_path": str(tmp_path),
-                              "population": {"size": 4, "pack": "auto"}})
+    """The vision trainers' two CUDA settings must agree in a pack (vmap fails otherwise); checked on
+    the driver, from the trainer class (`cuda_pack_obstacle`), with the settings' defaults (both on)."""
+    write_mnist(tmp_path, train=64, test=16)
+    config = validate_config({"trainable": "mnist", "storage_path": str(tmp_path), "population": {"size": 4, "pack": "auto"},
+                              "trainer": {"data_dir": str(tmp_path), "val_size": 16}})
     runs = [{"member": m} for m in range(4)]
-    for autocast, channels_last, packs in ((True, True, True), (False, False, True), (True, False, False), (False, True, False)):
-        mixed = config.model_copy(update={"trainer": {**config.trainer, "autocast": autocast, "channels_last": channels_last},
+    cases = [({}, True), ({"autocast": False, "channels_last": False}, True), ({"autocast": False}, False),
+             ({"channels_last": False}, False), ({"autocast": True, "channels_last": False}, False)]
+    for settings, packs in cases:
+        mixed = config.model_copy(update={"trainer": {**config.trainer, **settings},
                                           "resources": config.resources.model_copy(update={"gpu": 1.0})})
         packing = plan_packing(mixed, runs, {"CPU": 16.0, "GPU": 1.0})
-        assert packing.packed == packs and (packs or "fails inside PyTorch's vmap on CUDA" in packing.note)
-    on_cpu = config.model_copy(update={"trainer": {**config.trainer, "autocast": True, "channels_last": False}})
+        assert packing.packed == packs, settings
+        assert packs or "fails inside PyTorch's vmap on CUDA" in packing.note
+    on_cpu = config.model_copy(update={"trainer": {**config.trainer, "autocast": False}})
     assert plan_packing(on_cpu, runs, {"CPU": 2.0}).packed, "the settings are ignored on the CPU"

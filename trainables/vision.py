@@ -102,6 +102,17 @@ class VisionTrainer(TensorClassificationTrainer):
         self.model = model.to(device, memory_format=self.memory_format)
         self.optimizer = make_optimizer(settings.optimizer, self.model.parameters(), nesterov=settings.nesterov)
 
+    @classmethod
+    def cuda_pack_obstacle(cls, settings: dict[str, Any]) -> str | None:
+        # Seen on an H100 (torch 2.11): bf16 autocast without channels-last fails in BatchNorm
+        # under vmap, channels-last without autocast in vmap's `is_contiguous`; both or neither work.
+        fields = cls.config_model.model_fields
+        autocast, channels_last = (settings.get(name, fields[name].default) for name in ("autocast", "channels_last"))
+        if autocast == channels_last:
+            return None
+        return (f"trainer.autocast={autocast} with trainer.channels_last={channels_last} fails inside PyTorch's "
+                "vmap on CUDA (set both to true, or both to false)")
+
     def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.augment:
             x = random_crop_and_flip(x, CROP_PADDING)
