@@ -61,6 +61,25 @@ def optimizer_obstacle(optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
+def vmap_obstacle(trainer: TensorClassificationTrainer) -> str | None:
+    """Why `trainer`'s model cannot train in a pack, found by trying it: one packed training step
+    of two copies of it and one packed evaluation batch (a model that calls `.item()` or branches
+    on tensor values fails under `vmap`). None when both ran. `trainer` is left as it was."""
+    group = trainer.optimizer.param_groups[0]
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            pack = PackedTrainer([trainer, trainer], OPTIMIZER_NAMES[type(trainer.optimizer)],
+                                 nesterov=bool(group.get("nesterov", False)))
+            pack.train_step(next(pack.batch_indices()))
+            with torch.no_grad():
+                pack._loss_and_accuracy(trainer.x_val[:2], trainer.y_val[:2])
+    except Exception as err:  # whatever the model raises under vmap is the reason, in one line
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"its model fails under torch.func.vmap ({type(err).__name__}: {message[:200]})"
+    return None
+
+
 class PackedModel:
     """K copies of one architecture as stacked parameters and buffers, called as one model."""
 

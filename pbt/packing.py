@@ -16,7 +16,7 @@ import numpy as np
 
 from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
-from pbt.packed import optimizer_obstacle, packing_obstacle
+from pbt.packed import optimizer_obstacle, packing_obstacle, vmap_obstacle
 from pbt.registry import build_trainer, resolve_trainer
 
 PACKING_FILE = "packing.json"  # in an arm's folder: how its runs were packed, kept for `pbt resume`
@@ -57,8 +57,9 @@ def pack_obstacle(config: ExperimentConfig) -> str | None:
     obstacle = packing_obstacle(cls)
     if obstacle is None and config.resources.gpu > 0:
         obstacle = cls.cuda_pack_obstacle(config.trainer)
-    if obstacle is None:  # the optimizer is the trainer's choice: build one member to see it
-        obstacle = optimizer_obstacle(build_trainer(config, device="cpu").optimizer)
+    if obstacle is None:  # the optimizer and the model are the trainer's: build one member to see them
+        trainer = build_trainer(config, device="cpu")
+        obstacle = optimizer_obstacle(trainer.optimizer) or vmap_obstacle(trainer)
     return obstacle
 
 

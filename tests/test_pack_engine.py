@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from ray import tune
 from vision_files import write_mnist
 
@@ -21,6 +22,7 @@ from pbt.pack_trial import member_results
 from pbt.packing import check_packs_run_together, plan_packing
 from pbt.records import ReportRecorder, read_reports
 from pbt.space import search_space
+from pbt.trainer import TensorClassificationTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -191,6 +193,41 @@ def test_a_trainer_with_its_own_loop_runs_on_actors(tmp_path):
     forced = config.model_copy(update={"population": config.population.model_copy(update={"pack": 2})})
     with pytest.raises(PbtError, match="cannot be packed; set population.pack=1"):
         plan_packing(forced, [{"member": m} for m in range(4)], {"CPU": 2.0})
+
+
+class BranchingNet(torch.nn.Module):
+    """A model that branches on its input's values: fine alone, impossible under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x if x.mean() > 0 else -x)
+
+
+class BranchingTrainer(TensorClassificationTrainer):
+    def __init__(self, config, device):
+        super().__init__(config, device)
+        x = torch.randn(200, 6, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] > 0).long()
+        self.x_train, self.y_train, self.x_val, self.y_val = x[:160], y[:160], x[160:], y[160:]
+        self.batch_size = 16
+        self.model = BranchingNet()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+
+def test_a_model_that_fails_under_vmap_runs_on_actors(tmp_path):
+    config = validate_config({"trainable": f"{__file__}:BranchingTrainer", "storage_path": str(tmp_path),
+                              "population": {"size": 4}})
+    runs = [{"member": m} for m in range(4)]
+    packing = plan_packing(config, runs, {"CPU": 2.0})
+    assert not packing.packed and "its model fails under torch.func.vmap (RuntimeError: " in packing.note
+    forced = config.model_copy(update={"population": config.population.model_copy(update={"pack": 2})})
+    with pytest.raises(PbtError, match="fails under torch.func.vmap.*set population.pack=1"):
+        plan_packing(forced, runs, {"CPU": 2.0})
+    # The trainers that do pack pass the same trial: the built-in's default is packed.
+    assert plan_packing(validate_config({"population": {"size": 4}}), runs, {"CPU": 2.0}).packed
 
 
 def test_readme_shows_the_note_auto_prints_for_a_trainer_that_cannot_pack(tmp_path):
