@@ -263,8 +263,13 @@ def run_resume(args: argparse.Namespace) -> int:
 def start_job(config: ExperimentConfig, arms: tuple[str, ...], overwrite: bool) -> int:
     """Check the folder, run the range test, then the arms (and the comparison when there are several)."""
     from pbt.experiment import check_fresh, save_job
+    from pbt.packing import require_population_packs
 
     check_fresh(config.storage, arms, overwrite)
+    if "pbt" in arms:  # before the range test: a population whose packs cannot all run would wait
+        note = require_population_packs(config)
+        if note:
+            print(f"note: {note}")
     try:
         space = prepare_space(config)
     except KeyboardInterrupt as err:

@@ -31,10 +31,9 @@ from pbt.grid import AXES_FILE, grid_axes, grid_points, point_label
 from pbt.launch import ensure_ray, exploit_log, run_grid, run_one_cycle, run_population
 from pbt.lineage import build_lineage
 from pbt.pack_trial import is_pack_checkpoint, load_pack_state
-from pbt.packing import PACKING_FILE, Packing, check_packs_run_together, plan_packing
+from pbt.packing import PACKING_FILE, Packing, plan_packing, require_packs_together
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
-from pbt.resources import autoscaling, cluster_nodes
 from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
 from pbt.scheduler import POLICY_LOG
 from pbt.space import SearchSpace, space_from_dict
@@ -188,13 +187,10 @@ def arm_packing(config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], 
         packing = plan_packing(config, runs, ray.cluster_resources(), largest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(packing.to_dict(), indent=1))
-    if arm == "pbt":  # also on resume: the cluster may have shrunk
-        try:
-            check_packs_run_together(packing, cluster_nodes())
-        except PbtError as err:
-            if not autoscaling():
-                raise
-            note = f"{err}. The cluster autoscales (`ray up`), so pbt goes on: the packs wait until machines join"
+    if arm == "pbt" and packing.packed:  # also on resume: the cluster may have shrunk
+        note = require_packs_together(len(packing.groups), sum(len(group) for group in packing.groups),
+                                      dict(packing.resources))
+        if note:
             packing = dataclasses.replace(packing, note=note)
     return packing
 

@@ -18,6 +18,7 @@ from pbt.config import ExperimentConfig
 from pbt.errors import PbtError
 from pbt.packed import optimizer_obstacle, packing_obstacle, vmap_obstacle
 from pbt.registry import build_trainer, resolve_trainer
+from pbt.resources import autoscaling, current_nodes
 
 PACKING_FILE = "packing.json"  # in an arm's folder: how its runs were packed, kept for `pbt resume`
 
@@ -77,7 +78,7 @@ def plan_packing(
             return Packing(note=f"population.pack=auto: {obstacle}, so each member trains in its own process "
                                 "(see README, 'Packed populations', for what a trainer needs to pack)")
         raise PbtError(f"population.pack={wanted}: {obstacle}, so its members cannot be packed; set population.pack=1")
-    resources = {"cpu": config.resources.cpu, "gpu": float(math.ceil(config.resources.gpu))}
+    resources = pack_resources(config)
     if wanted == "auto":
         slots = [int(cluster.get(key.upper(), 0.0) // amount) for key, amount in resources.items() if amount > 0]
         per_pack = min(math.ceil(len(runs) / max(1, min(slots))), largest or len(runs))
@@ -93,21 +94,39 @@ def plan_packing(
     return Packing(groups=tuple(groups), resources=tuple(resources.items()))
 
 
-def check_packs_run_together(packing: Packing, nodes: list[dict[str, float]]) -> None:
-    """A `PbtError` when `nodes` (the cluster's live machines) cannot run every pack at once. PBT
-    across packs is synchronous: a pack waits at each perturbation for all the others while holding
-    its slot, so a pack that never got a slot would keep the rest waiting until the board gives up
-    (an hour)."""
-    if not packing.packed:
-        return
-    wanted = {key: amount for key, amount in packing.resources if amount > 0}
+def pack_resources(config: ExperimentConfig) -> dict[str, float]:
+    """What one pack asks Ray for: one slot, `resources.cpu` CPUs and a whole GPU when any."""
+    return {"cpu": config.resources.cpu, "gpu": float(math.ceil(config.resources.gpu))}
+
+
+def require_packs_together(packs: int, members: int, resources: dict[str, float],
+                           nodes: list[dict[str, float]] | None = None) -> str | None:
+    """Refuse `packs` packs (of `members` in all, each asking for `resources`) that `nodes` (by
+    default the cluster's, or this machine's) cannot run at once; on an autoscaling cluster, return
+    that as a note instead, since machines may join. PBT across packs is synchronous: a pack waits
+    at each perturbation for all the others while holding its slot, so a pack that never got a
+    slot would keep the rest waiting until the board gives up (an hour)."""
+    nodes = current_nodes() if nodes is None else nodes
+    wanted = {key: amount for key, amount in resources.items() if amount > 0}
     slots = sum(min(int(node.get(key.upper(), 0.0) // amount) for key, amount in wanted.items()) for node in nodes)
-    packs, members = len(packing.groups), sum(len(group) for group in packing.groups)
-    if packs > slots:
-        asked = " and ".join(f"{amount:g} {key.upper()}" for key, amount in wanted.items())
-        has = ", ".join(f"{sum(node.get(key.upper(), 0.0) for node in nodes):g} {key.upper()}s" for key in wanted)
-        fits = f"population.pack={math.ceil(members / slots)} or more, or " if slots else ""
-        raise PbtError(
-            f"population.pack: {members} members in {packs} packs, each asking for {asked}, but Ray can run "
-            f"{slots} at once here ({has} in {len(nodes)} machine(s)); PBT across packs needs every pack "
-            f"running together (they meet at each perturbation): set {fits}population.pack=auto")
+    if packs <= slots:
+        return None
+    asked = " and ".join(f"{amount:g} {key.upper()}" for key, amount in wanted.items())
+    has = ", ".join(f"{sum(node.get(key.upper(), 0.0) for node in nodes):g} {key.upper()}s" for key in wanted)
+    fits = f"population.pack={math.ceil(members / slots)} or more, or " if slots else ""
+    err = PbtError(
+        f"population.pack: {members} members in {packs} packs, each asking for {asked}, but Ray can run "
+        f"{slots} at once here ({has} in {len(nodes)} machine(s)); PBT across packs needs every pack "
+        f"running together (they meet at each perturbation): set {fits}population.pack=auto")
+    if not autoscaling():
+        raise err
+    return f"{err}. The cluster autoscales (`ray up`), so pbt goes on: the packs wait until machines join"
+
+
+def require_population_packs(config: ExperimentConfig) -> str | None:
+    """`require_packs_together` for the population an explicit `population.pack` makes, checked
+    before anything runs (`auto` plans for the slots there are; the arm checks its packing again)."""
+    pack, size = config.population.pack, config.population.size
+    if pack == "auto" or pack < 2 or size < 2:
+        return None
+    return require_packs_together(math.ceil(size / pack), size, pack_resources(config))

@@ -32,6 +32,14 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
 
 
+def current_nodes() -> list[dict[str, float]]:
+    """The cluster's live machines once this process is connected to Ray, else this machine as a
+    local Ray would have it."""
+    import ray
+
+    return cluster_nodes() if ray.is_initialized() else local_machine()
+
+
 def autoscaling() -> bool:
     """Whether this is the head of a cluster started by `ray up`, which adds nodes on demand.
     The same test Ray Tune makes (ray.tune.execution.cluster_info._is_ray_cluster)."""
@@ -72,9 +80,7 @@ def require_resources(resources: Resources, on_cluster: bool) -> str | None:
     """Check `resources` against the cluster this process is connected to (`on_cluster`) or this
     machine. Raises the `PbtError` of `check_resources`, or on an autoscaling cluster returns it
     as a note to print: nodes that have what was asked may still join."""
-    import ray
-
-    nodes = cluster_nodes() if ray.is_initialized() else local_machine()
+    nodes = current_nodes()
     try:
         check_resources(resources, nodes, "the cluster" if on_cluster else "this machine")
     except PbtError as err:

@@ -66,6 +66,9 @@ CASES = [
     ("cluster unreachable", "pbt", {}, ["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at '127.0.0.1:1'"),
     ("Ray Client address", "run", {}, ["--address", "ray://head:10001"], "is a Ray Client address, which Ray Tune does not support well"),
     ("malformed address", "grid", {}, ["--address", "head-node"], "address must look like HOST:PORT"),
+    # 64 packs of 2: more than any machine this runs on has CPUs, so PBT's packs could never all run.
+    ("more packs than slots", "pbt", {"population": {"size": 128, "pack": 2, "epochs": 4}}, [],
+     "PBT across packs needs every pack running together"),
 ]
 
 

@@ -19,7 +19,7 @@ from pbt.experiment import arm_packing
 from pbt.launch import run_grid, run_population
 from pbt.lineage import build_lineage
 from pbt.pack_trial import member_results
-from pbt.packing import check_packs_run_together, plan_packing
+from pbt.packing import plan_packing, require_packs_together
 from pbt.records import ReportRecorder, read_reports
 from pbt.space import search_space
 from pbt.trainer import TensorClassificationTrainer
@@ -154,18 +154,20 @@ def test_auto_packs_over_the_slots_and_respects_one_member_per_process(tmp_path,
     assert [len(g) for g in capped.groups] == [6, 5, 5], "at most `largest` per pack (pbt sweep: one optimizer's rates)"
 
 
-def test_pbt_refuses_more_packs_than_run_at_once(tmp_path, tiny_mnist1d):
-    runs = [{"member": m} for m in range(16)]
-    four_packs = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack=4, size=16), runs, {"CPU": 2.0})
+def test_pbt_refuses_more_packs_than_run_at_once():
+    one_cpu = {"cpu": 1.0, "gpu": 0.0}
     with pytest.raises(PbtError, match=r"16 members in 4 packs.*run 2 at once.*population.pack=8 or more"):
-        check_packs_run_together(four_packs, [{"CPU": 2.0, "GPU": 0.0}])
-    check_packs_run_together(four_packs, [{"CPU": 2.0}, {"CPU": 3.0}])  # two machines hold 2 + 3 packs
-    auto = plan_packing(packed_config(tmp_path, tiny_mnist1d, pack="auto", size=16), runs, {"CPU": 2.0})
-    check_packs_run_together(auto, [{"CPU": 2.0}])  # auto plans for the slots there are
-    gpu = packed_config(tmp_path, tiny_mnist1d, pack=8, size=16)
-    gpu = gpu.model_copy(update={"resources": gpu.resources.model_copy(update={"gpu": 1.0})})
+        require_packs_together(4, 16, one_cpu, [{"CPU": 2.0, "GPU": 0.0}])
+    assert require_packs_together(4, 16, one_cpu, [{"CPU": 2.0}, {"CPU": 3.0}]) is None  # 2 + 3 slots
+    assert require_packs_together(2, 16, one_cpu, [{"CPU": 2.0}]) is None
     with pytest.raises(PbtError, match=r"each asking for 1 CPU and 1 GPU, but Ray can run 1 at once"):
-        check_packs_run_together(plan_packing(gpu, runs, {"CPU": 16.0, "GPU": 1.0}), [{"CPU": 16.0, "GPU": 1.0}])
+        require_packs_together(2, 16, {"cpu": 1.0, "gpu": 1.0}, [{"CPU": 16.0, "GPU": 1.0}])
+
+
+def test_on_an_autoscaling_cluster_too_many_packs_is_a_note(monkeypatch):
+    monkeypatch.setattr("pbt.packing.autoscaling", lambda: True)
+    note = require_packs_together(4, 16, {"cpu": 1.0, "gpu": 0.0}, [{"CPU": 2.0}])
+    assert "run 2 at once" in note and "the packs wait until machines join" in note
 
 
 def test_only_the_pbt_arm_needs_its_packs_at_once(ray_session, tmp_path, tiny_mnist1d):
