@@ -14,6 +14,7 @@ trial and `pbt.pack_scheduler` runs PBT across packs.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -68,10 +69,13 @@ def vmap_obstacle(trainer: TensorClassificationTrainer) -> str | None:
     group = trainer.optimizer.param_groups[0]
     devices = [trainer.device] if trainer.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        # Warnings here (vmap's performance notes) would be the trial's, not the run's: the run's
+        # packs say them again where they train.
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             pack = PackedTrainer([trainer, trainer], OPTIMIZER_NAMES[type(trainer.optimizer)],
                                  nesterov=bool(group.get("nesterov", False)))
-            pack.train_step(next(pack.batch_indices()))
+            pack.train_step(next(pack.batch_indices())[:, :4])  # 4 examples each: a trial, not training
             with torch.no_grad():
                 pack._loss_and_accuracy(trainer.x_val[:2], trainer.y_val[:2])
     except Exception as err:  # whatever the model raises under vmap is the reason, in one line
