@@ -287,7 +287,8 @@ def _tiled_base(params: list[Tensor]) -> Tensor | None:
         return None
     offset = base.storage_offset()
     for p in params:
-        if p._base is not base or p.storage_offset() != offset or p.stride(0) != base.stride(0) or not p[0].is_contiguous():
+        in_place = p._base is base and p.storage_offset() == offset and p.stride(0) == base.stride(0)
+        if not in_place or not p[0].is_contiguous():
             return None
         offset += p[0].numel()
     return base if offset == base.storage_offset() + base.shape[1] else None

@@ -244,7 +244,8 @@ def test_gpu_packs_refuse_mixed_autocast_and_channels_last(tmp_path):
     """The vision trainers' two CUDA settings must agree in a pack (vmap fails otherwise); checked on
     the driver, from the trainer class (`cuda_pack_obstacle`), with the settings' defaults (both on)."""
     write_mnist(tmp_path, train=64, test=16)
-    config = validate_config({"trainable": "mnist", "storage_path": str(tmp_path), "population": {"size": 4, "pack": "auto"},
+    config = validate_config({"trainable": "mnist", "storage_path": str(tmp_path),
+                              "population": {"size": 4, "pack": "auto"},
                               "trainer": {"data_dir": str(tmp_path), "val_size": 16}})
     runs = [{"member": m} for m in range(4)]
     cases = [({}, True), ({"autocast": False, "channels_last": False}, True), ({"autocast": False}, False),

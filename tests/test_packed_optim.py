@@ -284,7 +284,8 @@ def test_flat_parameters_step_exactly_as_separate_tensors(name, nesterov):
         tensors.train_step(x, y)
     for member in range(K):
         _assert_same_member(flat, member, tensors, member)
-        for own, other in zip(flat.optimizer.member_state(member)["state"], tensors.optimizer.member_state(member)["state"]):
+        states = (pack.optimizer.member_state(member)["state"] for pack in (flat, tensors))
+        for own, other in zip(*states):
             for key in own:
                 assert torch.equal(own[key], other[key]), key
 
