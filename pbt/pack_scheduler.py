@@ -88,8 +88,11 @@ class PlanBoard:
 
     def _plan(self, epoch: int, offers: dict[int, dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
         population = self.population
-        entries = [(member["score"], pack, member) for pack, offer in offers.items() for member in offer["members"]]
-        self.rng.shuffle(entries)  # ties are broken at random, not by pack order
+        # In pack order, not arrival order, so the seeded shuffle makes the same plan in every run
+        # (scores on a validation split tie often); the shuffle then breaks ties at random.
+        entries = [(member["score"], pack, member)
+                   for pack, offer in sorted(offers.items()) for member in offer["members"]]
+        self.rng.shuffle(entries)
         entries.sort(key=lambda entry: entry[0])
         bottom, top = quantiles(entries, population.quantile_fraction)
         plans: dict[int, list[dict[str, Any]]] = {pack: [] for pack in offers}
