@@ -97,9 +97,7 @@ class PackedModel:
             # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and one
             # (K, P) tensor behind every parameter lets the optimizer step them all at once.
             fast_convolutions(self.template)
-            flat = flat_parameters(self.params)
-            if flat is not None:
-                self.params = flat[1]
+            self.params = flat_parameters(self.params) or self.params
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.template, (params, buffers), (x,))

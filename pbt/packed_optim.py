@@ -263,10 +263,11 @@ class PackedOptimizer:
                     raise ValueError(f"parameter {index}: state {key!r} should be {tuple(shape)}, found {found}")
 
 
-def flat_parameters(stacked: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]] | None:
-    """Stacked parameters (K, ...) copied into one (K, P) tensor, and each given back as a view of
-    it that requires grad as the original did: a `PackedOptimizer` over those views steps them all
-    at once. None when the parameters differ in dtype or device (no one tensor holds them)."""
+def flat_parameters(stacked: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """Stacked parameters (K, ...) copied into one (K, P) tensor and given back as views of it that
+    require grad as the originals did: a `PackedOptimizer` over those views finds the tensor
+    (`_tiled_base`) and steps them all at once. None when the parameters differ in dtype or device
+    (no one tensor holds them)."""
     tensors = list(stacked.values())
     if not tensors or len({(t.dtype, t.device) for t in tensors}) > 1:
         return None
@@ -277,7 +278,7 @@ def flat_parameters(stacked: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tenso
         size = tensor[0].numel()
         views[name] = flat[:, start : start + size].view(tensor.shape).requires_grad_(tensor.requires_grad)
         start += size
-    return flat, views
+    return views
 
 
 def _tiled_base(params: list[Tensor]) -> Tensor | None:

@@ -55,7 +55,7 @@ class Pack:
                  flat: bool = True) -> None:
         self.params, self.buffers = stack_module_state(models)
         if flat:  # as PackedModel holds them: views of one (K, P) tensor, stepped at once
-            self.params = flat_parameters(self.params)[1]
+            self.params = flat_parameters(self.params)
         self.template = copy.deepcopy(models[0]).to("meta")
         self.optimizer = PackedOptimizer(name, list(self.params.values()), len(models), nesterov=nesterov)
         for member, (lr, momentum, weight_decay) in enumerate(hyperparams):
