@@ -127,6 +127,6 @@ def require_population_packs(config: ExperimentConfig) -> str | None:
     """`require_packs_together` for the population an explicit `population.pack` makes, checked
     before anything runs (`auto` plans for the slots there are; the arm checks its packing again)."""
     pack, size = config.population.pack, config.population.size
-    if pack == "auto" or pack < 2 or size < 2:
-        return None
+    if pack == "auto" or pack < 2 or size < 2 or packing_obstacle(resolve_trainer(config.trainable)):
+        return None  # a trainer that cannot pack at all is refused by `plan_packing`, with its reason
     return require_packs_together(math.ceil(size / pack), size, pack_resources(config))

@@ -19,7 +19,7 @@ from pbt.experiment import arm_packing
 from pbt.launch import run_grid, run_population
 from pbt.lineage import build_lineage
 from pbt.pack_trial import member_results
-from pbt.packing import plan_packing, require_packs_together
+from pbt.packing import plan_packing, require_packs_together, require_population_packs
 from pbt.records import ReportRecorder, read_reports
 from pbt.space import search_space
 from pbt.trainer import TensorClassificationTrainer
@@ -246,6 +246,16 @@ def test_a_model_that_fails_under_vmap_runs_on_actors(tmp_path):
         plan_packing(forced, runs, {"CPU": 2.0})
     # The trainers that do pack pass the same trial: the built-in's default is packed.
     assert plan_packing(validate_config({"population": {"size": 4}}), runs, {"CPU": 2.0}).packed
+
+
+def test_the_early_pack_count_check_leaves_a_trainer_that_cannot_pack_to_its_own_refusal(tmp_path):
+    # Advising a larger pack would be wrong for a trainer that cannot pack at all.
+    stranger = Path(__file__).with_name("stranger.py")
+    config = validate_config({"trainable": f"{stranger}:StrangerTrainer", "storage_path": str(tmp_path),
+                              "population": {"size": 128, "pack": 2}})
+    assert require_population_packs(config) is None
+    with pytest.raises(PbtError, match="population.pack=64 or more"):
+        require_population_packs(config.model_copy(update={"trainable": "mnist1d", "trainer": {}}))
 
 
 def test_readme_shows_the_note_auto_prints_for_a_trainer_that_cannot_pack(tmp_path):
