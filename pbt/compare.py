@@ -79,11 +79,15 @@ def summarize_arm(name: str, reports: list[dict[str, Any]], failed: list[str] | 
 
 
 def best_so_far(reports: list[dict[str, Any]]) -> list[CurvePoint]:
-    """Cumulative compute against the best validation accuracy so far, runs advancing together."""
-    ordered = sorted(enumerate(reports), key=lambda pair: (pair[1]["epoch"], pair[0]))
+    """Cumulative compute against the best validation accuracy so far, runs advancing together.
+
+    Within an epoch, runs count in the order of their labels, not of their reports' arrival: which
+    run reported first is a matter of timing, and the compute to reach a target should not be (a
+    seeded packed run repeats its reports exactly, and so repeats its epochs to target)."""
+    ordered = sorted(reports, key=lambda report: (report["epoch"], report["label"]))
     epochs, seconds, best = 0, 0.0, None
     curve = []
-    for _, report in ordered:
+    for report in ordered:
         epochs += report["epochs_executed"]
         seconds += report["compute_seconds"]
         val = report["val_acc"]

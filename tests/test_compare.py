@@ -23,6 +23,16 @@ def test_runs_advance_together_whatever_order_tune_ran_them_in():
     assert compute_to_reach(curve, 0.9) is None
 
 
+def test_compute_to_target_does_not_depend_on_which_run_reported_first():
+    # Runs "a" and "b" finish epoch 1 together; only "b" reaches 0.7. Whichever report arrived first,
+    # the target is reached when "b" is counted, after "a" (label order): 2 epochs, not 1 or 2 by timing.
+    a1, b1, a2, b2 = report("a", 1, 0.5, 0.5), report("b", 1, 0.7, 0.6), report("a", 2, 0.6, 0.6), report("b", 2, 0.8, 0.7)
+    arrivals = [[a1, b1, a2, b2], [b1, a1, b2, a2], [b1, a1, a2, b2]]
+    curves = [best_so_far(reports) for reports in arrivals]
+    assert all(curve == curves[0] for curve in curves)
+    assert compute_to_reach(curves[0], 0.7) == {"epochs": 2, "seconds": 2.0}
+
+
 def test_budget_counts_epochs_executed_not_training_iteration():
     # A diverged member reports without training (0 epochs executed); a clone's epoch jumps to its donor's.
     reports = [report("a", 1, 0.5, 0.5), report("b", 1, 0.0, 0.0, diverged=True), report("b", 2, 0.0, 0.0, executed=0, seconds=0.01),
@@ -52,7 +62,8 @@ def test_the_default_target_is_the_grids_final_best_and_shares_are_of_the_grids_
     summary = compare_arms({"pbt": pbt, "grid": grid}, target=None)
     assert summary["target_val_acc"] == pytest.approx(0.67)
     assert summary["target_source"] == "the grid's final best validation accuracy"
-    assert summary["arms"]["grid"]["to_target"]["epochs"] == 1  # the peak of g9 counts for the curve
+    # The peak of g9 counts for the curve, after g0-g3's first epochs (runs count in label order).
+    assert summary["arms"]["grid"]["to_target"]["epochs"] == 5
     assert summary["arms"]["pbt"]["to_target"]["epochs"] == 1
     assert summary["share_of_grid_compute_to_target"]["pbt"]["epochs"] == pytest.approx(1 / 10)
 
