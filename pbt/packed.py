@@ -24,7 +24,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from pbt.config import ExperimentConfig
 from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
-from pbt.packed_conv import fast_convolutions
+from pbt.packed_layers import fast_layers
 from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 from pbt.registry import build_trainer
 from pbt.trainer import TensorClassificationTrainer, Trainer
@@ -94,9 +94,10 @@ class PackedModel:
         self.template = copy.deepcopy(models[0]).to("meta")
         if next(iter(self.params.values())).device.type == "cpu":
             # Per-operation overhead is what a CPU pack pays most for (GPU packs keep the layout
-            # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and one
-            # (K, P) tensor behind every parameter lets the optimizer step them all at once.
-            fast_convolutions(self.template)
+            # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and so is
+            # pooling under vmap's rules; one (K, P) tensor behind every parameter lets the
+            # optimizer step them all at once.
+            fast_layers(self.template)
             self.params = flat_parameters(self.params) or self.params
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:

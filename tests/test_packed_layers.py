@@ -1,14 +1,15 @@
-"""The channels-last convolution path of packs on the CPU gives torch's own results and gradients."""
+"""The plain-tensor path of packs' convolutions and pooling on the CPU gives torch's own results and gradients."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from pbt.packed_conv import fast_convolutions
+from pbt.packed_layers import fast_layers
 
 MEMBERS = 3
 
@@ -42,7 +43,7 @@ def test_under_vmap_the_fast_path_gives_torch_s_outputs_and_gradients(index: int
     layer, shape = _layers()[index]
     template = copy.deepcopy(layer).double().to("meta")
     fast = copy.deepcopy(template)
-    assert fast_convolutions(fast) == 1
+    assert fast_layers(fast) == 1
     x = torch.randn(shape if shared else (MEMBERS, *shape), dtype=torch.double)
     results = []
     for model in (template, fast):
@@ -60,7 +61,7 @@ def test_under_vmap_the_fast_path_gives_torch_s_outputs_and_gradients(index: int
 def test_outside_vmap_it_is_the_plain_convolution_with_its_gradient() -> None:
     for layer, shape in _layers():
         fast = copy.deepcopy(layer).double()
-        fast_convolutions(fast)
+        fast_layers(fast)
         x = torch.randn(shape, dtype=torch.double, requires_grad=True)
         torch.testing.assert_close(fast(x), layer.double()(x))
         assert torch.autograd.gradcheck(lambda x_, *weights: fast(x_), (x, *fast.parameters()))
@@ -69,7 +70,7 @@ def test_outside_vmap_it_is_the_plain_convolution_with_its_gradient() -> None:
 def test_an_unbatched_input_per_member_falls_back_to_torch_s_rule() -> None:
     layer = torch.nn.Conv1d(2, 3, 3, padding=1)
     fast = copy.deepcopy(layer).double().to("meta")
-    fast_convolutions(fast)
+    fast_layers(fast)
     params, members = _stacked(layer)
     x = torch.randn(MEMBERS, 2, 10, dtype=torch.double)  # each member: (channels, length), no batch
     out = _run(fast, params, x, shared=False)
@@ -77,14 +78,53 @@ def test_an_unbatched_input_per_member_falls_back_to_torch_s_rule() -> None:
         torch.testing.assert_close(out[index], member(x[index]))
 
 
-def test_only_plain_zero_padded_convolutions_change() -> None:
+def test_only_plain_zero_padded_convolutions_and_pooling_without_indices_change() -> None:
     class Standardised(torch.nn.Conv1d):
         pass
 
-    model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Conv1d(2, 2, 3, padding_mode="circular", padding=1),
-                                torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3), torch.nn.Conv3d(1, 1, 1))
-    assert fast_convolutions(model) == 1
-    assert "forward" in vars(model[0]) and not any("forward" in vars(module) for module in model[1:])
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.MaxPool2d(2),
+                                torch.nn.Conv1d(2, 2, 3, padding_mode="circular", padding=1),
+                                torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3), torch.nn.Conv3d(1, 1, 1),
+                                torch.nn.MaxPool2d(2, return_indices=True), torch.nn.AvgPool3d(2))
+    assert fast_layers(model) == 2
+    assert "forward" in vars(model[0]) and "forward" in vars(model[1])
+    assert not any("forward" in vars(module) for module in model[2:])
+
+
+POOLS = [
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(2), (5, 3, 9, 9)),
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AvgPool2d(3, stride=2, padding=1), (5, 3, 9, 9)),
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), (5, 3, 8, 8)),  # ResNet's head
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveMaxPool2d((2, 3)), (5, 3, 7, 7)),
+    (torch.nn.Conv1d(2, 4, 3), torch.nn.MaxPool1d(3, stride=2), (5, 2, 20)),
+    (torch.nn.Conv1d(2, 4, 3), torch.nn.AdaptiveAvgPool1d(4), (5, 2, 20)),
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(2), (3, 8, 8)),  # no batch per member: torch's rule
+]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("index", range(len(POOLS)))
+def test_pooling_under_vmap_gives_torch_s_outputs_and_gradients_without_warnings(index: int, shared: bool) -> None:
+    conv, pool, shape = POOLS[index]
+    layer = torch.nn.Sequential(conv, torch.nn.ReLU(), pool)
+    template = copy.deepcopy(layer).double().to("meta")
+    fast = copy.deepcopy(template)
+    assert fast_layers(fast) == 2
+    x = torch.randn(shape if shared else (MEMBERS, *shape), dtype=torch.double)
+    results = []
+    for model in (template, fast):
+        params, _ = _stacked(layer)
+        with warnings.catch_warnings():
+            # torch's own rule warns of a per-member loop for adaptive pooling of channels-last input
+            warnings.simplefilter("ignore" if model is template else "error")
+            out = _run(model, params, x, shared)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.double).view_as(out)).sum().backward()
+        results.append((out.detach(), {name: p.grad for name, p in params.items()}))
+    (own, own_grads), (fast_out, fast_grads) = results
+    assert fast_out.shape == own.shape
+    torch.testing.assert_close(fast_out, own)
+    for name in own_grads:
+        torch.testing.assert_close(fast_grads[name], own_grads[name])
 
 
 def test_under_nested_transforms_torch_s_own_rule_runs() -> None:
@@ -92,7 +132,7 @@ def test_under_nested_transforms_torch_s_own_rule_runs() -> None:
     # are wrapped twice, which the fast path leaves to torch; the results must still be torch's.
     layer, shape = _layers()[0]
     fast = copy.deepcopy(layer).double().to("meta")
-    fast_convolutions(fast)
+    fast_layers(fast)
     params, _ = _stacked(layer)
     params = {name: p.detach() for name, p in params.items()}
     x = torch.randn(MEMBERS, *shape, dtype=torch.double)
@@ -106,14 +146,15 @@ def test_under_nested_transforms_torch_s_own_rule_runs() -> None:
 
 def test_the_fast_path_runs_under_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
     # Guard against the equality tests passing because every call fell back to torch's own rule.
-    import pbt.packed_conv as packed_conv
+    import pbt.packed_layers as packed_layers
 
     calls = []
-    grouped = packed_conv._grouped_channels_last
-    monkeypatch.setattr(packed_conv, "_grouped_channels_last", lambda *args: calls.append(1) or grouped(*args))
-    layer, shape = _layers()[0]
+    plain = packed_layers._plain_tensors
+    monkeypatch.setattr(packed_layers, "_plain_tensors", lambda: calls.append(1) or plain())
+    conv, pool, shape = POOLS[0]
+    layer = torch.nn.Sequential(conv, pool)
     fast = copy.deepcopy(layer).double().to("meta")
-    fast_convolutions(fast)
+    fast_layers(fast)
     params, _ = _stacked(layer)
     _run(fast, params, torch.randn(MEMBERS, *shape, dtype=torch.double), shared=False)
-    assert calls == [1]
+    assert calls == [1, 1]  # the convolution and the pooling
