@@ -1,4 +1,4 @@
-"""Convolutions and pooling of a pack on the CPU, run on plain tensors with the members in the channels.
+"""Convolutions, pooling and batch norm of a pack on the CPU, run on plain tensors with the members in the channels.
 
 Under `vmap`, PyTorch runs a convolution whose weights have a member dimension as one grouped
 convolution (K groups) in the contiguous NC(H)W layout, and oneDNN is slow at that layout: for
@@ -11,11 +11,12 @@ tensors itself, puts it into the channels and the tensors into channels-last, an
 (a Conv1d as a Conv2d of height 1: oneDNN has no channels-last 1-d layout). Autograd records
 those plain operations and differentiates them itself.
 
-Pooling layers get the same treatment: pooling works channel by channel, so the members' channels
-side by side (B, K*C, ...) pool as each member's alone would, and that view is free in the layout
-the convolutions leave. Under vmap's own rules, max pooling of that layout cost the seed CNN's
-pack most of its step, and adaptive average pooling fell back to a per-member loop with a warning
-(`scripts/bench_packed.py --vision` measures both).
+Pooling and batch norm layers get the same treatment: both work channel by channel, so the
+members' channels side by side (B, K*C, ...) pool and normalise as each member's alone would (batch
+norm with the members' weights and running statistics as flat (K*C,) views), and that view is free
+in the layout the convolutions leave. Under vmap's own rules, max pooling of that layout cost the
+seed CNN's pack most of its step, adaptive average pooling fell back to a per-member loop with a
+warning, and batch norm ran as a dozen operations (`scripts/bench_pack_layers.py` measures each).
 
 It unwraps vmap's tensors with `torch._C._functorch`, the calls torch's own Python vmap rules
 use, rather than through an `autograd.Function` with a `vmap` staticmethod: that route flattens
@@ -39,15 +40,18 @@ from torch import Tensor, nn
 from torch._C import _functorch
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
+# Batch norms by the dimensions they accept, batch dimension included: (N, C), (N, C, L); (N, C, H, W).
+BATCH_NORMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,)}
 # Pooling layers by the number of spatial dimensions of their input.
 POOLING = {nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveMaxPool1d: 1,
            nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveMaxPool2d: 2}
 
 
 def fast_layers(model: nn.Module) -> int:
-    """Give every plain convolution (`Conv1d`/`Conv2d`, zero and numeric padding) and pooling layer
-    (`POOLING`, without `return_indices`) of `model` the plain-tensor path under vmap. Returns how
-    many were changed; subclasses and other settings keep torch's own forward."""
+    """Give every plain convolution (`Conv1d`/`Conv2d`, zero and numeric padding), pooling layer
+    (`POOLING`, without `return_indices`) and batch norm (`BatchNorm1d`/`2d` with a `momentum`) of
+    `model` the plain-tensor path under vmap. Returns how many were changed; subclasses and other
+    settings keep torch's own forward."""
     changed = 0
     for module in model.modules():
         forward = _fast_forward(module)
@@ -62,6 +66,8 @@ def _fast_forward(module: nn.Module) -> Callable | None:
         return _convolution
     if type(module) in POOLING and not getattr(module, "return_indices", False):
         return _pooling
+    if type(module) in BATCH_NORMS and module.momentum is not None:  # None: a cumulative average per member
+        return _batch_norm
     return None
 
 
@@ -90,6 +96,31 @@ def _pooling(self: nn.Module, x: Tensor) -> Tensor:
     with _plain_tensors():
         # (K, B, C, ...) -> (B, K*C, ...): a view in the layout the fast convolutions leave.
         out = type(self).forward(self, inputs.transpose(0, 1).flatten(1, 2))
+    return _functorch._add_batch_dim(out.unflatten(1, (members, -1)).transpose(0, 1), 0, level)
+
+
+def _batch_norm(self: nn.BatchNorm1d | nn.BatchNorm2d, x: Tensor) -> Tensor:
+    level = _level(x)
+    operands = None if level is None else _unwrap((x, self.weight, self.bias, self.running_mean, self.running_var), level)
+    if (operands is None or operands[0][0].dim() - 1 not in BATCH_NORMS[type(self)]
+            or any(t is not None and dim is None for t, dim in operands)):
+        return type(self).forward(self, x)  # an input torch's forward refuses, or a tensor shared by all members
+    per_channel = [None if t is None else t.movedim(dim, 0) for t, dim in operands[1:]]
+    if any(t is not None and not t.is_contiguous() for t in per_channel[2:]):
+        return type(self).forward(self, x)
+    # (K*C,) each: the running statistics as views, since batch_norm updates them in place and
+    # they must be the pack's own buffers; the weights as they come (stacked or flat parameters).
+    per_channel = [None if t is None else t.reshape(-1) for t in per_channel[:2]] + [
+        None if t is None else t.view(-1) for t in per_channel[2:]]
+    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)  # as torch's forward does (under vmap: every member's count)
+    inputs = operands[0][0].movedim(operands[0][1], 0)
+    members = inputs.shape[0]
+    running = not self.training or self.track_running_stats
+    mean, var = (per_channel[2], per_channel[3]) if running else (None, None)
+    with _plain_tensors():
+        out = F.batch_norm(inputs.transpose(0, 1).flatten(1, 2), mean, var, per_channel[0], per_channel[1],
+                           self.training or (mean is None and var is None), self.momentum, self.eps)
     return _functorch._add_batch_dim(out.unflatten(1, (members, -1)).transpose(0, 1), 0, level)
 
 

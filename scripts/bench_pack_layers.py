@@ -6,10 +6,13 @@ three alike; the median step is compared):
 
 - vmap's rules: every layer through `torch.func.vmap`'s own batching rules;
 - + convolutions: the convolutions on the pack's channels-last path (what packs did before pooling
-  got its own path);
-- + pooling: convolutions and pooling layers on plain tensors (what packs do now).
+  and batch norm got theirs);
+- + pooling, batch norm: convolutions, pooling and batch norm layers on plain tensors (what packs
+  do now);
 
-A step is the pack's forward, backward and SGD step on random inputs of the data set's shape.
+and, for reference, the same members as separate models stepped one after another with
+`torch.optim.SGD` (what one process per member does, without the processes). A step is every
+member's forward, backward and SGD step on random inputs of the data set's shape.
 
     python scripts/bench_pack_layers.py --members 8
 """
@@ -27,14 +30,30 @@ import torch
 import torch.nn.functional as F
 
 from pbt.packed import PackedModel
-from pbt.packed_layers import CONVOLUTIONS, POOLING, _convolution, _pooling
+from pbt.packed_layers import BATCH_NORMS, CONVOLUTIONS, POOLING, _fast_forward
 from pbt.packed_optim import PackedOptimizer
 from trainables.mnist1d import MNIST1DConvNet
 from trainables.vision_models import build_model
 
+
+
+class MNIST1DBatchNormNet(MNIST1DConvNet):
+    """The MNIST-1D CNN with a BatchNorm1d after every convolution, as a user might write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers = []
+        for layer in self.features:
+            layers.append(layer)
+            if isinstance(layer, torch.nn.Conv1d):
+                layers.append(torch.nn.BatchNorm1d(layer.out_channels))
+        self.features = torch.nn.Sequential(*layers)
+
+
 # name: (model factory, one example's shape)
 MODELS = {
     "MNIST-1D CNN": (lambda: MNIST1DConvNet(), (40,)),
+    "MNIST-1D CNN + BN": (lambda: MNIST1DBatchNormNet(), (40,)),
     "mnist_cnn (28x28)": (lambda: build_model("mnist_cnn", 1, image_size=28), (1, 28, 28)),
     "resnet20 (32x32)": (lambda: build_model("resnet20", 3), (3, 32, 32)),
 }
@@ -45,10 +64,9 @@ def patched(template: torch.nn.Module, kinds: tuple[type, ...]) -> torch.nn.Modu
     of what `fast_layers` does, so it sets the forwards itself)."""
     template = copy.deepcopy(template)
     for module in template.modules():
-        if type(module) in kinds and type(module) in CONVOLUTIONS:
-            module.forward = types.MethodType(_convolution, module)
-        elif type(module) in kinds and type(module) in POOLING:
-            module.forward = types.MethodType(_pooling, module)
+        forward = _fast_forward(module) if type(module) in kinds else None
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
     return template
 
 
@@ -62,22 +80,36 @@ def step_seconds(pack: PackedModel, optimizer: PackedOptimizer, x: torch.Tensor,
     return time.perf_counter() - started
 
 
+def separate_step_seconds(models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer], x: torch.Tensor,
+                          y: torch.Tensor) -> float:
+    started = time.perf_counter()
+    for model, optimizer, x_, y_ in zip(models, optimizers, x, y):
+        loss = F.cross_entropy(model(x_), y_)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
 def compare(factory, shape: tuple[int, ...], members: int, batch: int, steps: int, rounds: int) -> list[float]:
-    """Median step seconds of each variant (vmap's rules, + convolutions, + pooling)."""
+    """Median step seconds of each variant (vmap's rules, + convolutions, + pooling and batch norm, one by one)."""
     torch.manual_seed(0)
     models = [factory() for _ in range(members)]
     x, y = torch.randn(members, batch, *shape), torch.randint(0, 10, (members, batch))
     variants = []
-    for kinds in ((), CONVOLUTIONS, (*CONVOLUTIONS, *POOLING)):
+    for kinds in ((), CONVOLUTIONS, (*CONVOLUTIONS, *POOLING, *BATCH_NORMS)):
         pack = PackedModel(models)
         pack.template = patched(copy.deepcopy(models[0]).to("meta"), kinds)
         optimizer = PackedOptimizer("sgd", list(pack.params.values()), members)
         variants.append((pack, optimizer, []))
+    separate = [copy.deepcopy(model) for model in models]
+    variants.append((separate, [torch.optim.SGD(model.parameters(), lr=0.01) for model in separate], []))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vmap's per-member fallback warns once per layer; the times say it
         for round_ in range(rounds + 1):  # the first round warms up and is not counted
             for pack, optimizer, times in variants:
-                seconds = [step_seconds(pack, optimizer, x, y) for _ in range(steps)]
+                step = separate_step_seconds if isinstance(pack, list) else step_seconds
+                seconds = [step(pack, optimizer, x, y) for _ in range(steps)]
                 if round_:
                     times.append(statistics.median(seconds))
     return [statistics.median(times) for _, _, times in variants]
@@ -93,11 +125,12 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"a pack of {args.members} members, batch {args.batch} each, one thread, torch {torch.__version__}; "
           f"median ms per step (forward, backward, SGD)")
-    print(f"  {'model':<20}{'vmap rules':>12}{'+ convs':>10}{'+ pooling':>11}{'pooling gain':>14}{'total gain':>12}")
+    print(f"  {'model':<20}{'vmap rules':>12}{'+ convs':>10}{'+ pool, BN':>12}{'one by one':>12}"
+          f"{'pool/BN gain':>14}{'total gain':>12}{'pack vs one by one':>20}")
     for name, (factory, shape) in MODELS.items():
-        own, convs, pooling = compare(factory, shape, args.members, args.batch, args.steps, args.rounds)
-        print(f"  {name:<20}{own * 1e3:12.1f}{convs * 1e3:10.1f}{pooling * 1e3:11.1f}"
-              f"{convs / pooling:13.2f}x{own / pooling:11.2f}x", flush=True)
+        own, convs, pooling, separate = compare(factory, shape, args.members, args.batch, args.steps, args.rounds)
+        print(f"  {name:<20}{own * 1e3:12.1f}{convs * 1e3:10.1f}{pooling * 1e3:12.1f}{separate * 1e3:12.1f}"
+              f"{convs / pooling:13.2f}x{own / pooling:11.2f}x{separate / pooling:19.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,55 @@ def test_the_fast_path_runs_under_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
     params, _ = _stacked(layer)
     _run(fast, params, torch.randn(MEMBERS, *shape, dtype=torch.double), shared=False)
     assert calls == [1, 1]  # the convolution and the pooling
+
+
+BATCH_NORMS = [
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), (6, 3, 5, 5)),
+    (torch.nn.Conv1d(2, 4, 3), torch.nn.BatchNorm1d(4), (6, 2, 9)),
+    (torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4, affine=False), (6, 5)),
+    (torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4, track_running_stats=False), (6, 3, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("index", range(len(BATCH_NORMS)))
+def test_batch_norm_under_vmap_gives_torch_s_outputs_gradients_and_running_statistics(
+        index: int, training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pbt.packed_layers as packed_layers
+
+    first, norm, shape = BATCH_NORMS[index]
+    layer = torch.nn.Sequential(first, norm).train(training)
+    template = copy.deepcopy(layer).double().to("meta")
+    fast = copy.deepcopy(template)
+    changed = fast_layers(fast)
+    assert changed == (2 if isinstance(first, torch.nn.Conv2d | torch.nn.Conv1d) else 1)
+    calls = []
+    plain = packed_layers._plain_tensors
+    monkeypatch.setattr(packed_layers, "_plain_tensors", lambda: calls.append(1) or plain())
+    x = torch.randn(MEMBERS, *shape, dtype=torch.double)
+    results = []
+    for model in (template, fast):
+        params, members = _stacked(layer)
+        buffers = {name: b.clone() for name, b in stack_module_state(members)[1].items()}
+        torch.manual_seed(1)
+        for name, buffer in buffers.items():  # members with running statistics of their own
+            if buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)
+        initial = {name: b.clone() for name, b in buffers.items()}
+        out = vmap(lambda p, b, x_: functional_call(model, (p, b), (x_,)), in_dims=(0, 0, 0))(params, buffers, x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.double).view_as(out)).sum().backward()
+        results.append((out.detach(), {name: p.grad for name, p in params.items()}, buffers))
+    (own, own_grads, own_buffers), (fast_out, fast_grads, fast_buffers) = results
+    torch.testing.assert_close(fast_out, own)
+    for name in own_grads:
+        torch.testing.assert_close(fast_grads[name], own_grads[name])
+    for name in own_buffers:  # updated in training (num_batches_tracked counted), read in evaluation
+        torch.testing.assert_close(fast_buffers[name], own_buffers[name])
+    if norm.track_running_stats:
+        assert torch.equal(fast_buffers["1.running_mean"], initial["1.running_mean"]) is not training
+    assert len(calls) == changed  # the fast path ran: the equalities above are not torch against itself
+
+
+def test_batch_norm_without_momentum_keeps_torch_s_forward() -> None:
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3))
+    assert fast_layers(model) == 1 and "forward" not in vars(model[0])
