@@ -94,9 +94,9 @@ class PackedModel:
         self.template = copy.deepcopy(models[0]).to("meta")
         if next(iter(self.params.values())).device.type == "cpu":
             # Per-operation overhead is what a CPU pack pays most for (GPU packs keep the layout
-            # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and so is
-            # pooling under vmap's rules; one (K, P) tensor behind every parameter lets the
-            # optimizer step them all at once.
+            # measured on GPUs): oneDNN's grouped convolutions are slow in vmap's layout, and so are
+            # pooling and batch norm under vmap's rules; one (K, P) tensor behind every parameter
+            # lets the optimizer step them all at once.
             fast_layers(self.template)
             self.params = flat_parameters(self.params) or self.params
 
