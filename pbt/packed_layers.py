@@ -101,7 +101,8 @@ def _pooling(self: nn.Module, x: Tensor) -> Tensor:
 
 def _batch_norm(self: nn.BatchNorm1d | nn.BatchNorm2d, x: Tensor) -> Tensor:
     level = _level(x)
-    operands = None if level is None else _unwrap((x, self.weight, self.bias, self.running_mean, self.running_var), level)
+    tensors = (x, self.weight, self.bias, self.running_mean, self.running_var)
+    operands = None if level is None else _unwrap(tensors, level)
     if (operands is None or operands[0][0].dim() - 1 not in BATCH_NORMS[type(self)]
             or any(t is not None and dim is None for t, dim in operands)):
         return type(self).forward(self, x)  # an input torch's forward refuses, or a tensor shared by all members

@@ -26,7 +26,8 @@ def test_runs_advance_together_whatever_order_tune_ran_them_in():
 def test_compute_to_target_does_not_depend_on_which_run_reported_first():
     # Runs "a" and "b" finish epoch 1 together; only "b" reaches 0.7. Whichever report arrived first,
     # the target is reached when "b" is counted, after "a" (label order): 2 epochs, not 1 or 2 by timing.
-    a1, b1, a2, b2 = report("a", 1, 0.5, 0.5), report("b", 1, 0.7, 0.6), report("a", 2, 0.6, 0.6), report("b", 2, 0.8, 0.7)
+    a1, b1 = report("a", 1, 0.5, 0.5), report("b", 1, 0.7, 0.6)
+    a2, b2 = report("a", 2, 0.6, 0.6), report("b", 2, 0.8, 0.7)
     arrivals = [[a1, b1, a2, b2], [b1, a1, b2, a2], [b1, a1, a2, b2]]
     curves = [best_so_far(reports) for reports in arrivals]
     assert all(curve == curves[0] for curve in curves)

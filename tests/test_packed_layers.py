@@ -93,7 +93,8 @@ def test_only_plain_zero_padded_convolutions_and_pooling_without_indices_change(
 
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.MaxPool2d(2),
                                 torch.nn.Conv1d(2, 2, 3, padding_mode="circular", padding=1),
-                                torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3), torch.nn.Conv3d(1, 1, 1),
+                                torch.nn.Conv1d(2, 2, 3, padding="same"), Standardised(2, 2, 3),
+                                torch.nn.Conv3d(1, 1, 1),
                                 torch.nn.MaxPool2d(2, return_indices=True), torch.nn.AvgPool3d(2))
     assert fast_layers(model) == 2
     assert "forward" in vars(model[0]) and "forward" in vars(model[1])
