@@ -12,19 +12,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pbt.config import ExperimentConfig, load_config, load_saved_config, read_json
+from pbt.console import announce_packing, arm_progress, shown, upload, where
 from pbt.errors import PbtError
 from pbt.interrupts import as_interrupted, terminate_raises
 from pbt.lr_range import RangeSweep
 from pbt.space import SearchSpace
-
-if TYPE_CHECKING:
-    from pbt.progress import PopulationProgress
-    from pbt.storage import Storage
 
 EXIT_USAGE = 2
 
@@ -189,7 +186,7 @@ def check_member_resources(config: ExperimentConfig, address: str | None) -> Non
 def run_lr_find(args: argparse.Namespace) -> int:
     config = load_checked(args)
     range_test(config)
-    _upload(config.storage)
+    upload(config.storage)
     return 0
 
 
@@ -208,8 +205,8 @@ def range_test(config: ExperimentConfig) -> RangeSweep:
     progress.close()
     paths = save_range_sweep(sweep, config, config.experiment_dir)
     print_range_sweep(sweep, time.perf_counter() - started)
-    print(f"\nWrote {_shown(paths['json'])}\n      {_shown(paths['plot'])}")
-    print(f"      {_shown(paths['tensorboard'])}   (view: tensorboard --logdir {_shown(paths['tensorboard'])})")
+    print(f"\nWrote {shown(paths['json'])}\n      {shown(paths['plot'])}")
+    print(f"      {shown(paths['tensorboard'])}   (view: tensorboard --logdir {shown(paths['tensorboard'])})")
     return sweep
 
 
@@ -255,7 +252,7 @@ def run_resume(args: argparse.Namespace) -> int:
     config, arms, space = load_job(args.folder)
     check_cluster_storage(config, connect(args.address))
     check_member_resources(config, args.address)
-    print(f"Resuming {_where(config.storage)}: {', '.join(arms)} (finished runs are kept, "
+    print(f"Resuming {where(config.storage)}: {', '.join(arms)} (finished runs are kept, "
           "unfinished ones continue from their last checkpoint)")
     return run_arms(config, space, arms)
 
@@ -289,12 +286,12 @@ def run_arms(config: ExperimentConfig, space: SearchSpace, arms: tuple[str, ...]
             config.storage.sync_up()
     except KeyboardInterrupt as err:
         config.storage.sync_up()  # a URI gets the reports so far: `pbt resume` may run on another machine
-        raise as_interrupted(err, resume=_where(config.storage)) from None
+        raise as_interrupted(err, resume=where(config.storage)) from None
     if len(arms) > 1:
         compare_stage(config.experiment_dir)
         print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min. "
-              f"View: tensorboard --logdir {_shown(config.experiment_dir / 'tensorboard')}")
-    _upload(config.storage)
+              f"View: tensorboard --logdir {shown(config.experiment_dir / 'tensorboard')}")
+    upload(config.storage)
     return 0 if not failed else 1
 
 
@@ -304,7 +301,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for location in args.folders:
         storage = open_experiment(location)
         compare_stage(storage.local, args.target)
-        _upload(storage)
+        upload(storage)
     return 0
 
 
@@ -333,31 +330,17 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
           f"{population.perturbation_interval} epochs (the bottom {population.quantile_fraction:.0%} copy the top "
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
-    packing = _packing(config, "pbt", [{"member": member} for member in range(population.size)])
-    lineage, errors = pbt_arm(config, space, [_progress(config, "pbt", "pbt", population.size)], packing)
+    packing = announce_packing(config, "pbt", [{"member": member} for member in range(population.size)])
+    lineage, errors = pbt_arm(config, space, [arm_progress(config, "pbt", "pbt", population.size)], packing)
     best = lineage["best"]
     print(f"\nBest member: {best['member']}   validation accuracy {best['final_val_acc']:.4f}"
           f"{_test_text(best['final_test_acc'], ' (reported only; chosen by validation)')}")
     print(f"{len(lineage['exploits'])} exploits in all; the best member's schedule:\n")
     print(format_schedule(best["schedule"]))
     _print_errors("member", errors)
-    print(f"\nWrote {_shown(config.experiment_dir / 'lineage.json')}   (replay it: pbt replay {_where(config.storage)})")
-    print(f"      {_where(config.storage, 'pbt')}   (Ray Tune's trial folders and checkpoints)")
+    print(f"\nWrote {shown(config.experiment_dir / 'lineage.json')}   (replay it: pbt replay {where(config.storage)})")
+    print(f"      {where(config.storage, 'pbt')}   (Ray Tune's trial folders and checkpoints)")
     return len(errors)
-
-
-def _packing(
-    config: ExperimentConfig, arm: str, runs: list[dict[str, Any]], kind: str = "members", largest: int | None = None,
-) -> Any:
-    """How the arm's runs are packed, said in a line (and why not, when `auto` could not pack)."""
-    from pbt.experiment import arm_packing
-
-    packing = arm_packing(config, arm, runs, largest)
-    if packing.note:
-        print(f"  note: {packing.note}")
-    if packing.packed:
-        print(f"  {packing.describe(kind)}")
-    return packing
 
 
 def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
@@ -377,8 +360,8 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     if points != config.population.size:
         print(f"  note: {points} grid points for {config.population.size} population members: "
               f"the grid spends {points / config.population.size:.0%} of the population's epochs")
-    packing = _packing(config, "grid", grid_points(axes), kind="grid points")
-    _, errors = grid_arm(config, space, [_progress(config, "grid", "grid", points)], packing)
+    packing = announce_packing(config, "grid", grid_points(axes), kind="grid points")
+    _, errors = grid_arm(config, space, [arm_progress(config, "grid", "grid", points)], packing)
     chosen = load_arms(config.experiment_dir)["grid"].chosen
     if chosen:
         print(f"\nBest grid point: {chosen['label']}   validation accuracy {chosen['val_acc']:.4f}"
@@ -394,7 +377,7 @@ def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     settings = config.one_cycle
     print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.high:.3g} "
           f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}")
-    _, errors = one_cycle_arm(config, space, [_progress(config, "one_cycle", "one-cycle", 1)])
+    _, errors = one_cycle_arm(config, space, [arm_progress(config, "one_cycle", "one-cycle", 1)])
     chosen = load_arms(config.experiment_dir)["one_cycle"].chosen
     if chosen:
         print(f"One-cycle run: validation accuracy {chosen['val_acc']:.4f}{_test_text(chosen.get('test_acc'))}")
@@ -402,21 +385,12 @@ def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     return len(errors)
 
 
-def _progress(config: ExperimentConfig, arm: str, title: str, runs: int) -> PopulationProgress:
-    """An arm's live progress line; a resumed arm counts on from its reports before the stop."""
-    from pbt.progress import PopulationProgress
-    from pbt.records import read_reports
-
-    return PopulationProgress(title, runs, config.population.epochs, earlier=read_reports(config.experiment_dir / arm))
-
-
 def compare_stage(folder: Path, target: float | None = None) -> None:
     from pbt.experiment import compare_folder
-    from pbt.lineage import format_schedule
     from pbt.report import format_table
 
     summary = compare_folder(folder, target)
-    print(f"\nComparison of {_shown(folder)} (compute = epochs and seconds actually trained, all runs of an arm):\n")
+    print(f"\nComparison of {shown(folder)} (compute = epochs and seconds actually trained, all runs of an arm):\n")
     print(format_table(summary))
     pbt_arm = summary["arms"].get("pbt")
     grid_arm = summary["arms"].get("grid")
@@ -426,16 +400,8 @@ def compare_stage(folder: Path, target: float | None = None) -> None:
         print(f"\nThe grid's best fixed point: lr {chosen['lr']:.4g}, {momentum}"
               f"weight decay {chosen['weight_decay']:.3g}")
     files = summary["files"]
-    print(f"\nWrote {_shown(Path(files['summary']))}\n      {_shown(Path(files['accuracy_plot']))}")
-    print(f"      {_shown(Path(files['schedule_plot']))}\n      {_shown(Path(files['tensorboard']))}/compare")
-
-
-def _upload(storage: Storage) -> None:
-    """For a URI storage: upload what changed, and say where it went (the paths printed are the local copy)."""
-    if storage.remote:
-        storage.sync_up()
-        print(f"\nUploaded to {storage.uri} (trial folders and checkpoints went there directly; "
-              f"the files printed above are its local copy in {storage.local})")
+    print(f"\nWrote {shown(Path(files['summary']))}\n      {shown(Path(files['accuracy_plot']))}")
+    print(f"      {shown(Path(files['schedule_plot']))}\n      {shown(Path(files['tensorboard']))}/compare")
 
 
 def _test_text(test_acc: float | None, note: str = "") -> str:
@@ -463,8 +429,8 @@ def run_replay(args: argparse.Namespace) -> int:
     print()
     print(format_replay_table(best, records[-1]))
     (folder / "replay.json").write_text(json.dumps({"member": best["member"], "epochs": records}, indent=1))
-    print(f"\nWrote {_shown(folder / 'replay.json')}")
-    _upload(storage)
+    print(f"\nWrote {shown(folder / 'replay.json')}")
+    upload(storage)
     return 0
 
 
@@ -532,19 +498,6 @@ class ProgressBar:
         if self.open_line:
             self.stream.write("\n")
             self.open_line = False
-
-
-def _where(storage: Storage, *parts: str) -> str:
-    """Where a user finds part of an experiment: its URI, or its folder as `_shown` gives it."""
-    return storage.shown(*parts) if storage.remote else _shown(storage.local.joinpath(*parts))
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the working directory when it is below it; easier to copy."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":

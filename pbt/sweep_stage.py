@@ -8,8 +8,8 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from pbt.cli import _packing, _progress, _shown, _upload, _where
 from pbt.config import ExperimentConfig
+from pbt.console import announce_packing, arm_progress, shown, upload, where
 from pbt.errors import PbtError
 from pbt.experiment import check_fresh, save_config
 from pbt.registry import resolve_trainer, trainer_settings
@@ -53,11 +53,11 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
             found = range_tests[name]
             print(f"  {name:<13} " + (f"[{found['lr_low']:.3g}, {found['lr_high']:.3g}]" if "lr_low" in found
                                       else f"no range: {found['error']}"))
-        print(f"\n{len(points)} runs in {_where(config.storage, arm)}:")
+        print(f"\n{len(points)} runs in {where(config.storage, arm)}:")
         # One optimizer's rates at most per pack: every run's share of its pack's time is then
         # comparable across optimizers and widths (a larger pack costs less per member).
-        packing = _packing(variant, arm, points, kind="runs", largest=settings.rates)
-        records, failed = run_sweep(variant, arm, points, [_progress(variant, arm, arm, len(points))], packing)
+        packing = announce_packing(variant, arm, points, kind="runs", largest=settings.rates)
+        records, failed = run_sweep(variant, arm, points, [arm_progress(variant, arm, arm, len(points))], packing)
         optimizers = summarize(points, records, failed, settings, range_tests)
         print()
         print(format_sweep_table(optimizers))
@@ -67,13 +67,13 @@ def sweep_stage(config: ExperimentConfig, widths: list[float] | None, overwrite:
     summary = write_sweep(config, results, target_text, stem)
     if "width_transfer" in summary:
         print_transfer(summary["width_transfer"])
-    print(f"\nWrote {_shown(config.experiment_dir / f'{stem}.json')}")
+    print(f"\nWrote {shown(config.experiment_dir / f'{stem}.json')}")
     for path in summary["files"]["plots"]:
-        print(f"      {_shown(config.experiment_dir / path)}")
-    print(f"      {_shown(config.experiment_dir / TENSORBOARD)}   (view: tensorboard --logdir "
-          f"{_shown(config.experiment_dir / TENSORBOARD)})")
+        print(f"      {shown(config.experiment_dir / path)}")
+    print(f"      {shown(config.experiment_dir / TENSORBOARD)}   (view: tensorboard --logdir "
+          f"{shown(config.experiment_dir / TENSORBOARD)})")
     print(f"\nSweep done in {(time.perf_counter() - started) / 60:.1f} min.")
-    _upload(config.storage)
+    upload(config.storage)
     return 0
 
 
@@ -97,8 +97,8 @@ def write_sweep(config: ExperimentConfig, results: list[dict[str, Any]], target_
     figures = {}
     for result in results:
         suffix = "" if result["width"] is None else f"_w{result['width']:g}"
-        where = "" if result["width"] is None else f" at width {result['width']:g}"
-        title = f"{config.name}{where} ({result['weights']:,} weights)"
+        at_width = "" if result["width"] is None else f" at width {result['width']:g}"
+        title = f"{config.name}{at_width} ({result['weights']:,} weights)"
         figures[f"sweep/time_to_target{suffix}"] = figure = sweep_figure(result["optimizers"], target_text, title)
         name = f"sweep{suffix}.png"
         figure.savefig(folder / name, dpi=110, bbox_inches="tight")
