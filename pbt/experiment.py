@@ -34,7 +34,7 @@ from pbt.pack_trial import is_pack_checkpoint, load_pack_state
 from pbt.packing import PACKING_FILE, Packing, plan_packing, require_packs_together
 from pbt.ray_adapter import load_member_state
 from pbt.records import ReportRecorder, member_label
-from pbt.report import accuracy_figure, format_table, schedule_figure, write_comparison_runs, write_hparams
+from pbt.report import accuracy_figure, schedule_figure, write_comparison_runs, write_hparams
 from pbt.scheduler import POLICY_LOG
 from pbt.space import SearchSpace, space_from_dict
 from pbt.storage import TENSORBOARD, PeriodicUpload, Storage, split_experiment

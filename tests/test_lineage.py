@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 import synthetic
 from pbt.config import validate_config
 from pbt.lineage import format_schedule, read_exploits, replay, schedule_rows

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 import yaml
 

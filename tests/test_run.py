@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -99,7 +98,6 @@ def test_tensorboard_holds_the_comparison_every_run_and_the_hparams(finished):
     # The HPARAMS dashboard: each run says its hyperparameters and final metrics.
     hparams = member.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
-    final = json.loads((folder / "pbt" / "reports.jsonl").read_text().splitlines()[-1])
     assert set(start.hparams) == {"arm", "lr", "momentum", "weight_decay"}
     assert start.hparams["arm"].string_value == "pbt"
     assert member.Scalars("final/val_acc")[-1].value > 0.1
