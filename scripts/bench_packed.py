@@ -71,7 +71,8 @@ def _bare_worker(args: tuple[list[dict], int]) -> None:
     trainers = []
     for point in share:
         trainer = build_trainer(config, seed=point["member"])
-        set_hyperparams(trainer.optimizer, lr=point["lr"], momentum=point["momentum"], weight_decay=point["weight_decay"])
+        set_hyperparams(trainer.optimizer, lr=point["lr"], momentum=point["momentum"],
+                        weight_decay=point["weight_decay"])
         trainers.append(trainer)
     for _ in range(epochs):
         for trainer in trainers:
@@ -125,9 +126,11 @@ def main() -> None:
     bare = bare_rate(args.epochs, args.members)
     print(f"  bare loop, one process per core   {bare:7.1f} member-epochs/s", flush=True)
     actors, actor_steps = engine_rate(1, args.epochs, args.members)
-    print(f"  actor engine (pack=1)             {actors:7.1f} member-epochs/s, steps alone {actor_steps:.1f}", flush=True)
+    print(f"  actor engine (pack=1)             {actors:7.1f} member-epochs/s, steps alone {actor_steps:.1f}",
+          flush=True)
     packed, packed_steps = engine_rate("auto", args.epochs, args.members)
-    print(f"  packed engine (pack=auto)         {packed:7.1f} member-epochs/s, steps alone {packed_steps:.1f}", flush=True)
+    print(f"  packed engine (pack=auto)         {packed:7.1f} member-epochs/s, steps alone {packed_steps:.1f}",
+          flush=True)
     print(f"  packed / actor engine: {packed / actors:.2f}x   packed / bare loop: {packed / bare:.2f}x   "
           f"actor engine / bare loop: {actors / bare:.2f}x")
     print(f"  packed steps alone / actor engine: {packed_steps / actors:.2f}x (the most packing can give here "
