@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, default=None, help="keep the experiment folders here")
     parser.add_argument("overrides", nargs="*", help="config overrides for every seed, e.g. population.size=8")
-    args = parser.parse_args()
+    # KEY=VALUE words are overrides wherever they stand: after `--seeds 0 1 2` argparse would take them for seeds.
+    overrides = [word for word in sys.argv[1:] if "=" in word and not word.startswith("-")]
+    args = parser.parse_args([word for word in sys.argv[1:] if word not in overrides])
+    args.overrides += overrides
     storage = args.keep or Path(tempfile.mkdtemp(prefix="bench_quality_"))
     storage.mkdir(parents=True, exist_ok=True)
     print(f"MNIST-1D, default config{' + ' + ' '.join(args.overrides) if args.overrides else ''}; "
