@@ -106,21 +106,21 @@ def _batch_norm(self: nn.BatchNorm1d | nn.BatchNorm2d, x: Tensor) -> Tensor:
     if (operands is None or operands[0][0].dim() - 1 not in BATCH_NORMS[type(self)]
             or any(t is not None and dim is None for t, dim in operands)):
         return type(self).forward(self, x)  # an input torch's forward refuses, or a tensor shared by all members
-    per_channel = [None if t is None else t.movedim(dim, 0) for t, dim in operands[1:]]
-    if any(t is not None and not t.is_contiguous() for t in per_channel[2:]):
+    weight, bias, mean, var = (None if t is None else t.movedim(dim, 0) for t, dim in operands[1:])
+    if any(t is not None and not t.is_contiguous() for t in (mean, var)):
         return type(self).forward(self, x)
     # (K*C,) each: the running statistics as views, since batch_norm updates them in place and
     # they must be the pack's own buffers; the weights as they come (stacked or flat parameters).
-    per_channel = [None if t is None else t.reshape(-1) for t in per_channel[:2]] + [
-        None if t is None else t.view(-1) for t in per_channel[2:]]
+    weight, bias = (None if t is None else t.reshape(-1) for t in (weight, bias))
+    mean, var = (None if t is None else t.view(-1) for t in (mean, var))
     if self.training and self.track_running_stats and self.num_batches_tracked is not None:
         self.num_batches_tracked.add_(1)  # as torch's forward does (under vmap: every member's count)
+    if self.training and not self.track_running_stats:
+        mean = var = None  # batch statistics only, as torch's forward
     inputs = operands[0][0].movedim(operands[0][1], 0)
     members = inputs.shape[0]
-    running = not self.training or self.track_running_stats
-    mean, var = (per_channel[2], per_channel[3]) if running else (None, None)
     with _plain_tensors():
-        out = F.batch_norm(inputs.transpose(0, 1).flatten(1, 2), mean, var, per_channel[0], per_channel[1],
+        out = F.batch_norm(inputs.transpose(0, 1).flatten(1, 2), mean, var, weight, bias,
                            self.training or (mean is None and var is None), self.momentum, self.eps)
     return _functorch._add_batch_dim(out.unflatten(1, (members, -1)).transpose(0, 1), 0, level)
 

@@ -1,4 +1,5 @@
-"""The plain-tensor path of packs' convolutions and pooling on the CPU gives torch's own results and gradients."""
+"""The plain-tensor path of packs' convolutions, pooling and batch norm on the CPU gives torch's own
+results and gradients."""
 
 from __future__ import annotations
 
