@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pbt.errors import PbtError
+from pbt.storage.layout import CONFIG_FILE
 
 if TYPE_CHECKING:
-    from pbt.storage import Storage
+    from pbt.storage.store import Storage
 
 
 class StrictModel(BaseModel):
@@ -326,7 +327,7 @@ class ExperimentConfig(StrictModel):
     @property
     def storage(self) -> Storage:
         """Where the experiment lives (a folder or a URI); its driver files are in `experiment_dir`."""
-        from pbt.storage import Storage
+        from pbt.storage.store import Storage  # here, not above: `import pbt` need not load pyarrow and Ray
 
         return Storage(self.storage_path, self.name)
 
@@ -367,11 +368,11 @@ def read_json(path: Path) -> Any:
 
 def load_saved_config(folder: Path) -> ExperimentConfig:
     """The `config.json` an experiment folder was run with."""
-    raw = read_json(folder / "config.json")
+    raw = read_json(folder / CONFIG_FILE)
     try:
-        return validate_config(raw if isinstance(raw, dict) else {"config.json": raw})
+        return validate_config(raw if isinstance(raw, dict) else {CONFIG_FILE: raw})
     except PbtError as err:
-        raise PbtError(f"{str(folder / 'config.json')!r} is not a pbt experiment config: {err}") from None
+        raise PbtError(f"{str(folder / CONFIG_FILE)!r} is not a pbt experiment config: {err}") from None
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:

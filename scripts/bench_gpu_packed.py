@@ -1,6 +1,6 @@
 """ResNet-20 on one GPU, in samples per second with peak memory: one member alone, N members
 sharing the GPU as N processes (what Ray runs for N trials at `gpu: 1/N`), and K members packed
-in one process (`pbt.packed.PackedTrainer`).
+in one process (`pbt.engines.packed.model.PackedTrainer`).
 
 Every mode runs in fresh processes started from this script (hidden `--worker`), so that no
 mode inherits another's CUDA context, cached memory or cuDNN choices; the driver itself never
@@ -47,8 +47,8 @@ if str(ROOT) not in sys.path:  # `tests.vision_files`, and the project when it i
 import torch  # noqa: E402
 
 from pbt.config import validate_config  # noqa: E402
+from pbt.engines.packed.model import PackedTrainer  # noqa: E402
 from pbt.optim import set_hyperparams  # noqa: E402
-from pbt.packed import PackedTrainer  # noqa: E402
 from pbt.registry import build_trainer  # noqa: E402
 
 # The module path, not the registry name: where the project is not pip-installed there are no entry points.

@@ -23,12 +23,13 @@ import torch
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
+from pbt.cluster.session import ensure_ray
 from pbt.config import ExperimentConfig, validate_config
-from pbt.launch import ensure_ray, run_population
+from pbt.engines.actor.trainable import PBTMember
+from pbt.engines.tuner import run_population
 from pbt.optim import HYPERPARAMS, set_hyperparams
-from pbt.ray_adapter import PBTMember
 from pbt.registry import build_trainer
-from pbt.space import Bound, SearchSpace
+from pbt.search.space import Bound, SearchSpace
 
 SLOTS = 2
 SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False, complement=True), Bound(1e-5, 1e-3, log=True))

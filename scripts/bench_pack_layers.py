@@ -29,9 +29,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from pbt.packed import PackedModel
-from pbt.packed_layers import BATCH_NORMS, CONVOLUTIONS, POOLING, _fast_forward
-from pbt.packed_optim import PackedOptimizer
+from pbt.engines.packed.layers import BATCH_NORMS, CONVOLUTIONS, POOLING, _fast_forward
+from pbt.engines.packed.model import PackedModel
+from pbt.engines.packed.optim import PackedOptimizer
 from trainables.mnist1d import MNIST1DConvNet
 from trainables.vision_models import build_model
 

@@ -31,8 +31,8 @@ import time
 import torch
 
 from pbt.config import validate_config
+from pbt.engines.packed.model import PackedTrainer
 from pbt.optim import set_hyperparams
-from pbt.packed import PackedTrainer
 from pbt.registry import build_trainer
 
 MEMBERS = 16
@@ -47,8 +47,9 @@ def engine_rate(pack: int | str, epochs: int, members: int) -> tuple[float, floa
     included), and its steps alone (training and evaluation inside the trials, over the slots)."""
     import ray
 
-    from pbt.launch import ensure_ray, run_grid
-    from pbt.packing import plan_packing
+    from pbt.cluster.session import ensure_ray
+    from pbt.engines.packed.plan import plan_packing
+    from pbt.engines.tuner import run_grid
 
     with tempfile.TemporaryDirectory() as folder:
         config = validate_config({"name": f"bench_{pack}", "storage_path": folder,

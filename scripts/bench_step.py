@@ -31,7 +31,6 @@ from pbt.optim import make_optimizer, set_hyperparams
 from pbt.registry import build_trainer, pick_device
 from pbt.trainer import TensorClassificationTrainer
 
-
 # By module path, not entry-point name: the benchmark also runs from a checkout that is not installed.
 VISION_TRAINABLES = {"mnist": "trainables.vision:MNISTTrainer", "fashion_mnist": "trainables.vision:FashionMNISTTrainer",
                      "cifar10": "trainables.vision:CIFAR10Trainer"}

@@ -21,12 +21,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synthetic  # noqa: E402
+
 from pbt.config import validate_config  # noqa: E402
-from pbt.launch import run_population  # noqa: E402
-from pbt.pack_trial import member_results  # noqa: E402
-from pbt.packing import Packing, plan_packing  # noqa: E402
-from pbt.records import ReportRecorder, read_reports  # noqa: E402
-from pbt.space import search_space  # noqa: E402
+from pbt.engines.common import member_results  # noqa: E402
+from pbt.engines.packed.plan import Packing, plan_packing  # noqa: E402
+from pbt.engines.tuner import run_population  # noqa: E402
+from pbt.reporting.records import ReportRecorder, read_reports  # noqa: E402
+from pbt.search.space import search_space  # noqa: E402
 
 EPOCHS = 12
 

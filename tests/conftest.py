@@ -27,7 +27,7 @@ def ray_session(data_cache: Path):
     """One local Ray instance for every test that needs one (starting Ray takes seconds)."""
     import ray
 
-    from pbt.launch import ensure_ray
+    from pbt.cluster.session import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield

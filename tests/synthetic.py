@@ -14,10 +14,10 @@ from pbt.trainer import Trainer
 class QuadraticTrainer(Trainer):
     """Noisy linear regression, loss = mean((x.w - y)^2) / 2 with x ~ N(0, scale^2 I).
 
-    Targets scale with x, so the loss scales by scale^2 and the Hessian is scale^2 I: plain gradient descent is fastest at lr = 1/scale^2 and diverges
-    above lr = 2/scale^2: a learning-rate optimum known in closed form. `loss_offset` shifts the
-    loss (e.g. negative) without changing its gradients; `nan_above` makes the loss NaN once the
-    learning rate exceeds it.
+    Targets scale with x, so the loss scales by scale^2 and the Hessian is scale^2 I: plain gradient
+    descent is fastest at lr = 1/scale^2 and diverges above lr = 2/scale^2: a learning-rate optimum
+    known in closed form. `loss_offset` shifts the loss (e.g. negative) without changing its
+    gradients; `nan_above` makes the loss NaN once the learning rate exceeds it.
     """
 
     def __init__(self, config: dict[str, Any], device: torch.device) -> None:

@@ -141,7 +141,7 @@ def test_a_damaged_or_foreign_experiment_folder_is_refused_without_running_its_c
     import torch
 
     from pbt.config import validate_config
-    from pbt.space import Bound, SearchSpace
+    from pbt.search.space import Bound, SearchSpace
 
     folder = tmp_path / "results" / "bad"
     checkpoint = folder / "pbt" / "PBTMember_00000" / "checkpoint_000004"
@@ -176,14 +176,14 @@ def test_a_damaged_or_foreign_experiment_folder_is_refused_without_running_its_c
 def test_a_node_local_storage_path_is_refused_on_a_cluster_of_several_machines(tmp_path):
     from pbt.config import validate_config
     from pbt.errors import PbtError
-    from pbt.experiment import check_cluster_storage, file_system_type
+    from pbt.storage.checks import check_cluster_storage, file_system_type
 
     config = validate_config({"storage_path": str(tmp_path)})
     local = "/dev/sda1 / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n"
     shared = local + f"nfs-server:/export {tmp_path} nfs4 rw 0 0\n"
     assert file_system_type(tmp_path / "results", shared) == "nfs4"
     assert file_system_type(Path(str(tmp_path) + "x"), shared) == "ext4"
-    check_cluster_storage(config, hosts=3, mounts=shared)  # shared: fine
-    check_cluster_storage(config, hosts=1, mounts=local)  # one machine: any folder is fine
+    check_cluster_storage(config.storage, hosts=3, mounts=shared)  # shared: fine
+    check_cluster_storage(config.storage, hosts=1, mounts=local)  # one machine: any folder is fine
     with pytest.raises(PbtError, match=r"node-local file system \(ext4\), but the cluster spans 3 machines"):
-        check_cluster_storage(config, hosts=3, mounts=local)
+        check_cluster_storage(config.storage, hosts=3, mounts=local)

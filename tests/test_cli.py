@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import synthetic
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import synthetic
 from pbt.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_lr_find_prints_the_range_and_writes_json_plot_and_tensorboard(quadratic
 
     assert f"[{record['lr_low']:.3g}, {record['lr_high']:.3g}]" in out
     assert "diverges at" in out and str(folder / "lr_range.png") in out
-    # The quadratic's optimum is lr = 1; its range must sit below it (see test_lr_range).
+    # The quadratic's optimum is lr = 1; its range must sit below it (see test_range_test).
     assert 0 < record["lr_low"] < record["suggestion"] < record["lr_high"] < 1.0
     assert record["config"]["lr_range"]["seeds"] == 2
     [result] = record["ranges"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbt.compare import best_so_far, compare_arms, compute_to_reach, summarize_arm
+from pbt.reporting.compare import best_so_far, compare_arms, compute_to_reach, summarize_arm
 
 
 def report(label, epoch, val, test, executed=1, seconds=1.0, diverged=False, lr=0.1):

@@ -7,13 +7,13 @@ import signal
 from pathlib import Path
 
 import pytest
+import synthetic
 from ray import tune
 
-import synthetic
 from pbt.config import validate_config
-from pbt.launch import run_population
-from pbt.records import ReportRecorder, read_reports
-from pbt.space import search_space
+from pbt.engines.tuner import run_population
+from pbt.reporting.records import ReportRecorder, read_reports
+from pbt.search.space import search_space
 
 pytestmark = pytest.mark.slow
 

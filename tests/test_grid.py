@@ -7,8 +7,8 @@ import math
 import pytest
 
 from pbt.config import validate_config
-from pbt.grid import grid_axes, grid_points, point_label
-from pbt.space import Bound, SearchSpace
+from pbt.search.grid import grid_axes, grid_points, point_label
+from pbt.search.space import Bound, SearchSpace
 
 SPACE = SearchSpace(Bound(0.01, 0.04, log=True), Bound(0.85, 0.95, log=False, complement=True), Bound(1e-5, 1e-3, log=True))
 

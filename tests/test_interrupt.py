@@ -89,13 +89,13 @@ def test_two_ctrl_c_and_resumes_lose_no_exploit(tmp_path):
     ([0, 0], "in pbt: its 2 runs at epoch 0 of 40"),
 ])
 def test_where_a_run_stopped_is_said_in_epochs(reached, text):
-    from pbt.launch import progress_text
+    from pbt.engines.tuner import progress_text
 
     assert progress_text("pbt", 40, [{"training_iteration": epoch} for epoch in reached]) == text
 
 
 def test_the_stop_line_says_what_to_type_and_exits_like_the_shell():
-    from pbt.interrupts import Interrupted, as_interrupted
+    from pbt.cluster.interrupts import Interrupted, as_interrupted
 
     ctrl_c = as_interrupted(KeyboardInterrupt(), resume="results/x")
     assert ctrl_c.exit_code == 130
@@ -106,7 +106,7 @@ def test_the_stop_line_says_what_to_type_and_exits_like_the_shell():
 
 
 def test_a_resumed_arm_counts_on_from_its_reports_before_the_stop():
-    from pbt.progress import PopulationProgress
+    from pbt.reporting.progress import PopulationProgress
 
     def report(label: str, epoch: int, executed: int = 1) -> dict:
         return {"label": label, "epoch": epoch, "epochs_executed": executed, "diverged": False}

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import synthetic
+
 from pbt.config import validate_config
-from pbt.lineage import format_schedule, read_exploits, replay, schedule_rows
+from pbt.stages.lineage import format_schedule, read_exploits, replay, schedule_rows
 
 
 def _policy_line(member: int, donor: int, epoch: int, donor_hp: dict, new_hp: dict) -> str:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from resumed import assert_resumed_to_completion
 
 from pbt.cli import main
-from resumed import assert_resumed_to_completion
-from pbt.storage import Storage, split_experiment
+from pbt.storage.store import Storage, split_experiment
 
 pytestmark = pytest.mark.slow
 

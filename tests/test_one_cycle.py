@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import synthetic
 import torch
 
-import synthetic
 from pbt.config import OneCycleConfig
-from pbt.one_cycle import attach_one_cycle
-from pbt.trainer import count_epoch_steps
+from pbt.engines.actor.one_cycle import attach_one_cycle
 from pbt.optim import get_hyperparams
+from pbt.trainer import count_epoch_steps
 
 DEVICE = torch.device("cpu")
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from pbt import packed_optim
-from pbt.cli import prepare_space
-from pbt.compare import ArmSummary
 from pbt.config import PopulationConfig, validate_config
-from pbt.lineage import format_schedule
-from pbt.lr_range import find_lr_range
+from pbt.engines.actor.scheduler import ClippedPBT
 from pbt.optim import HAS_MOMENTUM, OPTIMIZERS, get_hyperparams, has_momentum, make_optimizer, set_hyperparams
-from pbt.report import schedule_figure
-from pbt.scheduler import ClippedPBT
-from pbt.space import Bound, SearchSpace
+from pbt.range_test.finder import find_lr_range
+from pbt.reporting.compare import ArmSummary
+from pbt.reporting.figures import schedule_figure
+from pbt.search.space import Bound, SearchSpace
+from pbt.stages.job import prepare_space
+from pbt.stages.lineage import format_schedule
 
 NO_MOMENTUM_SPACE = SearchSpace(Bound(0.001, 0.04, log=True, start_low=0.01), None, Bound(1e-5, 1e-3, log=True))
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pbt.config import validate_config
+from pbt.engines.packed.model import PackedTrainer, member_of
 from pbt.optim import set_hyperparams
-from pbt.packed import PackedTrainer, member_of
 from pbt.registry import build_trainer
 from pbt.trainer import TensorClassificationTrainer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from pbt.packed_layers import fast_layers
+from pbt.engines.packed.layers import fast_layers
 
 MEMBERS = 3
 
@@ -139,7 +139,7 @@ def test_under_nested_transforms_torch_s_own_rule_runs() -> None:
 
 def test_the_fast_path_runs_under_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
     # Guard against the equality tests passing because every call fell back to torch's own rule.
-    import pbt.packed_layers as packed_layers
+    import pbt.engines.packed.layers as packed_layers
 
     calls = []
     plain = packed_layers._plain_tensors
@@ -165,7 +165,7 @@ BATCH_NORMS = [
 @pytest.mark.parametrize("index", range(len(BATCH_NORMS)))
 def test_batch_norm_under_vmap_gives_torch_s_outputs_gradients_and_running_statistics(
         index: int, training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pbt.packed_layers as packed_layers
+    import pbt.engines.packed.layers as packed_layers
 
     first, norm, shape = BATCH_NORMS[index]
     layer = torch.nn.Sequential(first, norm).train(training)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from pbt.engines.packed.optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 from pbt.optim import make_optimizer, set_hyperparams
-from pbt.packed_optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 
 K, FEATURES, HIDDEN, CLASSES, BATCH = 4, 6, 16, 3, 8
 
@@ -48,7 +48,7 @@ def _hyperparams(name: str, nesterov: bool = False) -> list[tuple[float, float, 
 
 
 class Pack:
-    """K members as stacked parameters, trained like `pbt.packed.PackedTrainer`: one vmap of
+    """K members as stacked parameters, trained like `pbt.engines.packed.model.PackedTrainer`: one vmap of
     functional_call, the sum of the members' losses backpropagated, a PackedOptimizer step."""
 
     def __init__(self, name: str, models: list[nn.Module], hyperparams: list, nesterov: bool = False,

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 import synthetic
+
 from pbt.config import validate_config
-from pbt.launch import run_population
-from pbt.experiment import read_policy_log
-from pbt.lineage import build_lineage
-from pbt.scheduler import POLICY_LOG
-from pbt.space import search_space
+from pbt.engines.actor.scheduler import POLICY_LOG
+from pbt.engines.tuner import run_population
+from pbt.search.space import search_space
+from pbt.stages.arms import read_policy_log
+from pbt.stages.lineage import build_lineage
 
 pytestmark = pytest.mark.slow
 

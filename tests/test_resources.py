@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pbt.cluster.resources import check_resources, require_resources
 from pbt.config import Resources
 from pbt.errors import PbtError
-from pbt.resources import check_resources, require_resources
 
 LAPTOP = [{"CPU": 2.0, "GPU": 0.0, "memory": 1e9}]
 CLUSTER = [{"CPU": 8.0}, {"CPU": 4.0, "GPU": 2.0}, {"CPU": 16.0, "GPU": 0.0}]

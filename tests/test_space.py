@@ -7,8 +7,8 @@ import random
 import pytest
 
 from pbt.config import validate_config
-from pbt.lr_range import RangeResult, RangeSweep
-from pbt.space import Bound, SearchSpace, explore, search_space, space_from_dict
+from pbt.range_test.finder import RangeResult, RangeTest
+from pbt.search.space import Bound, SearchSpace, explore, search_space, space_from_dict
 
 SPACE = SearchSpace(
     lr=Bound(0.01, 0.05, log=True), momentum=Bound(0.85, 0.95, log=False, complement=True), weight_decay=Bound(1e-5, 1e-3, log=True)
@@ -55,9 +55,9 @@ def test_log_bounds_sample_log_uniformly():
     assert below_1e3 == pytest.approx(0.5, abs=0.03)  # half the decades lie below 1e-3
 
 
-def _sweep(chosen_wd: float, decays: list[float]) -> RangeSweep:
+def _sweep(chosen_wd: float, decays: list[float]) -> RangeTest:
     results = [RangeResult(0.01, 0.03, 0.017, 0.2, 0.3, 0.6, "loss diverged", wd, [], [], []) for wd in decays]
-    return RangeSweep(results, chosen_wd)
+    return RangeTest(results, chosen_wd)
 
 
 def test_space_comes_from_the_range_test_unless_the_config_gives_it():

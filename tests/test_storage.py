@@ -1,4 +1,4 @@
-"""`pbt.storage` on a `file://` URI: pyarrow's local file system behind the same code path as s3://."""
+"""`pbt.storage.store` on a `file://` URI: pyarrow's local file system behind the same code path as s3://."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from pbt.errors import PbtError
-from pbt.storage import Storage, split_experiment
+from pbt.storage.store import Storage, split_experiment
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pbt.cli import main
 from pbt.config import validate_config
-from pbt.sweep import (
+from pbt.stages.sweep_runs import (
     DIVERGED,
     NOT_REACHED,
     REACHED,

@@ -14,9 +14,9 @@ from vision_files import write_cifar10, write_mnist
 
 from pbt.cli import main
 from pbt.config import validate_config
-from pbt.progress import gpu_memory_line
-from pbt.ray_adapter import gpu_memory
+from pbt.engines.actor.trainable import gpu_memory
 from pbt.registry import build_trainer
+from pbt.reporting.progress import gpu_memory_line
 from trainables.vision import random_crop_and_flip
 
 REPO = Path(__file__).parents[1]

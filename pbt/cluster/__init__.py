@@ -1,0 +1,1 @@
+"""Starting or joining Ray, resources no machine can give, Ctrl-C and SIGTERM."""

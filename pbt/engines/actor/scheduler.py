@@ -1,0 +1,100 @@
+"""Ray Tune's PopulationBasedTraining, with exploration clipped to the search space's bounds.
+
+Only the explore step is ours (`pbt.search.space.explore`); truncation selection, exploit through
+checkpoints and the policy log (`pbt_global.txt`, copied to `exploits.jsonl`) are Ray's. `_get_new_config` is the hook Ray's
+own PB2 scheduler overrides for the same purpose. One scheduling decision is changed, for
+clusters: see `keep_running`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import ray
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+from pbt.config import PopulationConfig
+from pbt.engines.common import EXPLOIT_LOGGER
+from pbt.search.space import SearchSpace, explore
+from pbt.storage.layout import POLICY_LOG
+
+log = logging.getLogger(EXPLOIT_LOGGER)  # a fixed name: `pbt` prints what it logs
+
+
+class ClippedPBT(PopulationBasedTraining):
+    """PBT whose explore step never leaves the bounds of the search space, and says what it did.
+
+    `exploit_log`, when set, receives a copy of each line Ray writes to its policy log. Ray's own
+    file starts over when the experiment is restored (`pbt resume`: the restored scheduler knows
+    nothing of the exploits before), so only the copy holds every exploit of an interrupted run.
+    """
+
+    def __init__(
+        self, space: SearchSpace, population: PopulationConfig, metric: str, seed: int = 0,
+        exploit_log: Path | None = None,
+    ) -> None:
+        self.space = space
+        self.rng = random.Random(seed)
+        self.exploit_log = exploit_log
+        super().__init__(
+            time_attr="training_iteration",
+            metric=metric,
+            mode="max",
+            perturbation_interval=population.perturbation_interval,
+            hyperparam_mutations={name: bound.domain() for name, bound in space.searched.items()},
+            quantile_fraction=population.quantile_fraction,
+            resample_probability=population.resample_probability,
+            perturbation_factors=tuple(population.perturbation_factors),
+            synch=population.synch,
+        )
+
+    def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
+        new_config, changes = explore(
+            trial_to_clone.config,
+            self.space,
+            self.rng,
+            self._resample_probability,
+            self._perturbation_factors,
+        )
+        # The member keeps its own identity (and seed); only weights and hyperparameters move.
+        new_config["member"] = trial.config["member"]
+        log.info("member %s copies member %s (epoch %s): %s", trial.config["member"], trial_to_clone.config["member"],
+                 trial_to_clone.last_result.get("training_iteration", "?"), "; ".join(changes.values()))
+        operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
+        return new_config, operations
+
+    def _log_config_on_step(self, trial_state, new_state, trial: Trial, trial_to_clone: Trial, new_config: dict) -> None:
+        super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
+        if self.exploit_log is not None:  # the line Ray has just appended, copied as it is
+            policy = Path(trial.local_experiment_path, POLICY_LOG).read_text().splitlines()[-1]
+            self.exploit_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.exploit_log.open("a") as stream:
+                stream.write(policy + "\n")
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.PAUSE and not self._synch:
+            trials = tune_controller.get_trials()
+            if keep_running(trials, trial.placement_group_factory.required_resources, ray.cluster_resources()):
+                return TrialScheduler.CONTINUE
+        return decision
+
+
+def keep_running(trials: Iterable[Trial], per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
+    """Whether a member Ray would pause at a perturbation should go on: every unfinished member fits
+    in the cluster at once, so nobody is waiting for a turn.
+
+    Asynchronous PBT pauses a member at each perturbation while any other is pending or paused,
+    so that more members than slots take turns and stay at similar epochs. But a member is also
+    pending while its actor starts on another node; the paused member's warm actor is then reused
+    for it, that node's actor is never used, and the population stays on the nodes that started
+    first (seen on a 3-host cluster: all 6 members on the head). With more members than slots,
+    Ray's turns are kept as they are.
+    """
+    slots = min(int(cluster.get(name, 0.0) // amount) for name, amount in per_trial.items() if amount > 0)
+    unfinished = sum(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+    return unfinished <= slots

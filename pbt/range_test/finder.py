@@ -1,0 +1,474 @@
+"""The LR range test (Smith 2015/2017): a learning-rate range from one short sweep of training.
+
+The learning rate grows exponentially from `lr_min` to `lr_max`, one step per batch, while the
+training loss is recorded; the sweep stops when the loss turns non-finite or climbs back far above
+its best. The analysis smooths the curve robustly (running median, then running mean, both
+centred) and reads three features off it: where the loss falls fastest against log10(lr), where
+it is lowest, and where it diverges (climbs back to its starting level).
+
+The sweep lasts one epoch; an epoch shorter than `min_steps` is extended over fresh epochs, and
+`max_steps` sets any length. Without `max_steps`, a sweep whose loss never fell clearly is run
+again twice as long, twice at most (`LENGTHENINGS`). A sweep that short sees every feature at a
+higher learning rate than a full training run would: there is too little time left to profit from
+a small rate. The range
+for training at a constant rate is therefore read off the divergence point, the sharpest feature
+of the curve: from
+`divergence / low_divisor` to `divergence / high_divisor` (50 and 20 by default, calibrated against
+fixed-rate training of SGD with momentum and of Adam; see BENCHMARKS.md; RMSprop, Adagrad and
+Adadelta read it 8 times higher: `RANGE_SHIFT`). The suggested point is the geometric middle of
+the range.
+
+The caller's trainer is left exactly as it was: weights, optimizer state and RNG streams are
+snapshotted before the sweep and restored after it (fastai's LRFinder, Lightning's isolate_rng).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from pbt.config import ExperimentConfig
+from pbt.errors import PbtError
+from pbt.optim import set_hyperparams
+from pbt.registry import build_trainer, pick_device
+from pbt.trainer import Trainer, count_epoch_steps
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int, float, float], None]  # (step, total steps, lr, loss)
+
+
+@dataclass
+class Curve:
+    """What one sweep recorded: the learning rate and raw training loss of every step."""
+
+    lrs: list[float]
+    losses: list[float]
+    stop_reason: str
+    planned_steps: int = 0  # the sweep's length had it not stopped early
+    epoch_steps: int = 0  # steps in one epoch of the trainer
+
+
+@dataclass
+class CurveReading:
+    """The features of a smoothed loss-vs-lr curve.
+
+    When the smoothed loss never climbs back to its start, `divergence_lr` is the last learning rate
+    of the curve: where the sweep stopped (a rising or non-finite loss) or `lr_max`.
+    """
+
+    steepest_lr: float  # the loss falls fastest against log10(lr)
+    min_loss_lr: float  # the smoothed loss is lowest
+    divergence_lr: float  # the smoothed loss is back at its starting level (median of the first 10%)
+    diverged: bool  # False: the sweep ended at lr_max before the loss climbed back
+    smoothed: np.ndarray
+
+
+@dataclass
+class RangeResult:
+    """A learning-rate range for training, read off one (possibly median-of-seeds) loss curve."""
+
+    lr_low: float
+    lr_high: float
+    suggestion: float
+    steepest_lr: float
+    min_loss_lr: float
+    divergence_lr: float
+    stop_reason: str
+    weight_decay: float
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    seeds: int = 1
+    planned_steps: int = 0  # the sweep's length had it not stopped early
+    epoch_steps: int = 0  # steps in one epoch of the trainer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def length_text(self) -> str:
+        """The sweep's planned length, e.g. `one epoch (100 steps)` or `2.7 epochs (100 steps of 37 an epoch)`."""
+        if not self.epoch_steps:  # a result saved before the sweep's length was recorded
+            return f"{len(self.lrs)} steps"
+        if self.planned_steps == self.epoch_steps:
+            return f"one epoch ({self.planned_steps} steps)"
+        epochs = self.planned_steps / self.epoch_steps
+        return f"{epochs:.2g} epochs ({self.planned_steps} steps of {self.epoch_steps} an epoch)"
+
+
+@dataclass
+class RangeTest:
+    """One range per weight decay, and the weight decay chosen among them (Smith 2018)."""
+
+    results: list[RangeResult]
+    chosen_weight_decay: float
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> RangeResult:
+        return next(r for r in self.results if r.weight_decay == self.chosen_weight_decay)
+
+    def to_dict(self) -> dict:
+        chosen = self.chosen
+        return {
+            "lr_low": chosen.lr_low,
+            "lr_high": chosen.lr_high,
+            "suggestion": chosen.suggestion,
+            "weight_decay": self.chosen_weight_decay,
+            "ranges": [r.to_dict() for r in self.results],
+            "failures": self.failures,
+        }
+
+
+def lr_schedule(lr_min: float, lr_max: float, steps: int) -> np.ndarray:
+    """Exponentially spaced learning rates, one per step, from `lr_min` to `lr_max` inclusive."""
+    return np.geomspace(lr_min, lr_max, steps)
+
+
+def sweep_length(trainer: Trainer, max_steps: int | None, min_steps: int = 100) -> tuple[int, int]:
+    """`(steps of the sweep, steps of one epoch)`: `max_steps` if given, else one epoch but at least
+    `min_steps` (a short epoch is extended over fresh epochs)."""
+    per_epoch = count_epoch_steps(trainer)
+    if per_epoch == 0:
+        raise PbtError("the trainer's batches() yielded no batch")
+    steps = max_steps if max_steps is not None else max(per_epoch, min_steps)
+    return steps, per_epoch
+
+
+def record_curve(
+    trainer: Trainer,
+    lr_min: float = 1e-7,
+    lr_max: float = 10.0,
+    max_steps: int | None = None,
+    momentum: float | None = 0.9,
+    weight_decay: float = 0.0,
+    diverge_factor: float = 1.0,
+    smooth_window: int = 5,
+    on_step: StepCallback | None = None,
+    min_steps: int = 100,
+) -> Curve:
+    """Run the exponential sweep on `trainer` and restore its state afterwards."""
+    steps, epoch_steps = sweep_length(trainer, max_steps, min_steps)
+    lrs = lr_schedule(lr_min, lr_max, steps)
+    with isolated(trainer):
+        set_hyperparams(trainer.optimizer, momentum=momentum, weight_decay=weight_decay)
+        curve = _sweep(trainer, lrs, diverge_factor, smooth_window, on_step)
+    curve.planned_steps, curve.epoch_steps = steps, epoch_steps
+    return curve
+
+
+def _sweep(
+    trainer: Trainer, lrs: np.ndarray, diverge_factor: float, window: int, on_step: StepCallback | None
+) -> Curve:
+    losses: list[float] = []
+    watch = DivergenceWatch(diverge_factor, window, warmup=max(2 * window, len(lrs) // 10))
+    batches = _batches_forever(trainer)
+    for step, lr in enumerate(lrs):
+        set_hyperparams(trainer.optimizer, lr=float(lr))
+        loss = float(trainer.train_step(next(batches)))
+        losses.append(loss)
+        if on_step is not None:
+            on_step(step + 1, len(lrs), float(lr), loss)
+        if not math.isfinite(loss):
+            return Curve(lrs[: step + 1].tolist(), losses, "non-finite loss")
+        if watch.diverged(loss):
+            return Curve(lrs[: step + 1].tolist(), losses, "loss diverged")
+    return Curve(lrs.tolist(), losses, "reached lr_max")
+
+
+def _batches_forever(trainer: Trainer) -> Iterator:
+    # A sweep longer than an epoch goes on over fresh epochs.
+    while True:
+        empty = True
+        for batch in trainer.batches():
+            empty = False
+            yield batch
+        if empty:
+            raise PbtError("the trainer's batches() yielded no batch")
+
+
+class DivergenceWatch:
+    """Flags a loss curve that has risen far above its best.
+
+    "Far" is `factor` times the larger of the drop from the starting loss to the best one and
+    five times the batch-to-batch noise (median absolute deviation). It works for negative
+    losses and depends on neither the scale nor the offset of the loss. The running median of the
+    last `window` losses is compared, so one noisy batch cannot stop the test, and nothing is
+    flagged during `warmup` steps.
+    """
+
+    def __init__(self, factor: float, window: int, warmup: int) -> None:
+        self.factor, self.window, self.warmup = factor, window, warmup
+        self.losses: list[float] = []
+        self.start: float | None = None
+        self.best = math.inf
+
+    def diverged(self, loss: float) -> bool:
+        self.losses.append(loss)
+        level = float(np.median(self.losses[-self.window :]))
+        if len(self.losses) == self.window:
+            self.start = level
+        self.best = min(self.best, level)
+        if self.start is None or len(self.losses) <= self.warmup:
+            return False
+        noise = float(np.median(np.abs(np.diff(self.losses))))
+        scale = max(self.start - self.best, 5.0 * noise, 1e-12)
+        return level > self.best + self.factor * scale
+
+
+@contextlib.contextmanager
+def isolated(trainer: Trainer) -> Iterator[None]:
+    """Run a block on `trainer` and then put back its weights, optimizer state and RNG streams."""
+    state = copy.deepcopy(trainer.state_dict())
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        trainer.load_state_dict(state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def smooth(losses: np.ndarray, window: int) -> np.ndarray:
+    """A running median (robust to spikes) followed by a running mean, both centred: no lag."""
+    values = np.asarray(losses, dtype=float)
+    if window <= 1 or len(values) < 3:
+        return values.copy()
+    window = min(window, len(values) - (1 - len(values) % 2))  # odd and not longer than the curve
+    half = window // 2
+    medians = np.median(_windows(values, half), axis=1)
+    return np.mean(_windows(medians, half), axis=1)
+
+
+def _windows(values: np.ndarray, half: int) -> np.ndarray:
+    padded = np.pad(values, half, mode="edge")
+    return np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+
+
+class LossNeverFell(PbtError):
+    """A sweep's loss never fell beyond its batch-to-batch noise: no range can be read off it."""
+
+
+def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, smooth_window: int = 5) -> CurveReading:
+    """Find the steepest descent, the minimum and the divergence point of a loss-vs-lr curve.
+
+    Slopes are taken against log10(lr), so the result does not depend on how many steps the
+    sweep had per decade. The losses must be finite. Raises `PbtError` when the loss never falls.
+    """
+    lrs = np.asarray(lrs, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    if len(losses) < 5 or not np.all(np.isfinite(losses)):
+        raise PbtError(f"lr_range: need at least 5 finite losses to analyse, but got {np.isfinite(losses).sum()}")
+    smoothed = smooth(losses, smooth_window)
+    lowest = int(np.argmin(smoothed))
+    slopes = np.gradient(smoothed, np.log10(lrs))
+    steepest = int(np.argmin(slopes[: lowest + 1]))
+    start = float(np.median(losses[: max(smooth_window, len(losses) // 10)]))
+    # A dip no deeper than the batch-to-batch noise is not a fall: refuse rather than guess.
+    noise = float(np.median(np.abs(np.diff(losses))))
+    if lowest == 0 or slopes[steepest] >= 0 or start - smoothed[lowest] <= 3 * noise:
+        raise LossNeverFell(
+            f"lr_range: the training loss never fell clearly (from {start:.4g} to at best {smoothed[lowest]:.4g}, "
+            f"batch noise {noise:.2g})"
+        )
+    risen = np.flatnonzero(smoothed[lowest:] >= start)
+    diverged = risen.size > 0
+    divergence = lowest + int(risen[0]) if diverged else len(lrs) - 1
+    return CurveReading(float(lrs[steepest]), float(lrs[lowest]), float(lrs[divergence]), diverged, smoothed)
+
+
+def training_range(reading: CurveReading, low_divisor: float = 50.0, high_divisor: float = 20.0) -> tuple[float, float, float]:
+    """`(lr_low, lr_high, suggestion)` for training at a constant rate, below the divergence point."""
+    low, high = reading.divergence_lr / low_divisor, reading.divergence_lr / high_divisor
+    return low, high, math.sqrt(low * high)
+
+
+def median_curve(curves: list[Curve]) -> Curve:
+    """The step-wise median of several sweeps with the same schedule (different seeds).
+
+    The median runs as long as at least half of the sweeps are still going, so one seed that
+    diverged early does not cut the others short, nor does one lucky seed stretch the curve.
+    """
+    if len(curves) == 1:
+        return curves[0]
+    length = max(len(c.losses) for c in curves)
+    keep = sum(2 * sum(len(c.losses) > i for c in curves) >= len(curves) for i in range(length))
+    medians = [_median_at(curves, i) for i in range(keep)]
+    lrs = max(curves, key=lambda c: len(c.lrs)).lrs[:keep]
+    return Curve(lrs, medians, " / ".join(sorted({c.stop_reason for c in curves})), curves[0].planned_steps,
+                 curves[0].epoch_steps)
+
+
+def _median_at(curves: list[Curve], step: int) -> float:
+    # A non-finite loss counts as worse than any finite one, so it can still lose the median.
+    values = [c.losses[step] if math.isfinite(c.losses[step]) else math.inf for c in curves if len(c.losses) > step]
+    return float(np.median(values))
+
+
+# How many times higher the range lies for these optimizers than `lr_range.low_divisor` and
+# `high_divisor` (calibrated on SGD with momentum and Adam) put it. Fixed-rate runs on MNIST-1D
+# (README) train well up to or past where RMSprop's, Adagrad's and Adadelta's sweeps diverge, where
+# SGD's and Adam's bands end 0.7 to 1 decade below it; a likely reason: they divide each step by
+# gradient statistics that a loss spike inflates within a few steps (Adam's beta2 of 0.999 takes a
+# thousand), so a constant rate recovers from the instability that ends a sweep whose rate keeps rising.
+RANGE_SHIFT = {"rmsprop": 8.0, "adagrad": 8.0, "adadelta": 8.0}
+
+# How often a sweep whose loss never fell clearly is run again, twice as long each time. Without
+# momentum (Adagrad, Adadelta, plain SGD) a step goes about a tenth as far as with momentum 0.9, so
+# the few steps a one-epoch sweep spends at the rates that make progress (some 15 a decade on
+# MNIST-1D) may not lower the loss beyond its noise: Adagrad's did not in 100 steps, and did in 200.
+LENGTHENINGS = 2
+
+
+def _median_sweep(
+    config: ExperimentConfig, weight_decay: float, steps: int | None, on_step: StepCallback | None
+) -> Curve:
+    """The step-wise median of `lr_range.seeds` sweeps of `steps` (None: the default length)."""
+    settings = config.lr_range
+    curves = []
+    for offset in range(settings.seeds):
+        trainer = build_trainer(config, device=pick_device(config.resources.gpu > 0), seed=config.seed + offset)
+        curves.append(
+            record_curve(
+                trainer,
+                lr_min=settings.lr_min,
+                lr_max=settings.lr_max,
+                max_steps=steps,
+                momentum=settings.momentum,
+                weight_decay=weight_decay,
+                diverge_factor=settings.diverge_factor,
+                smooth_window=settings.smooth_window,
+                on_step=on_step,
+                min_steps=settings.min_steps,
+            )
+        )
+    return median_curve(curves)
+
+
+def _finite_points(curve: Curve, weight_decay: float) -> tuple[list[float], list[float]]:
+    # The curve ends at the first non-finite loss; that point has nothing to plot or analyse.
+    points = [(lr, loss) for lr, loss in zip(curve.lrs, curve.losses) if math.isfinite(loss)]
+    if len(points) < 5:
+        raise PbtError(
+            f"lr_range: the loss was non-finite after {len(points)} steps at weight decay {weight_decay:g}; "
+            "lower lr_range.lr_min"
+        )
+    lrs, losses = map(list, zip(*points))
+    return lrs, losses
+
+
+def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_step: StepCallback | None = None) -> RangeResult:
+    """Run `lr_range.seeds` sweeps at one weight decay and analyse their median curve.
+
+    A curve whose loss never fell clearly is swept again, twice as long, up to `LENGTHENINGS` times
+    (never when `lr_range.max_steps` sets the length).
+    """
+    settings = config.lr_range
+    steps = settings.max_steps
+    lengthenings = 0 if settings.max_steps is not None else LENGTHENINGS
+    for attempt in range(lengthenings + 1):
+        curve = _median_sweep(config, weight_decay, steps, on_step)
+        lrs, losses = _finite_points(curve, weight_decay)
+        try:
+            reading = read_curve(lrs, losses, settings.smooth_window)
+            break
+        except LossNeverFell as err:
+            if attempt == lengthenings:
+                raise PbtError(
+                    f"{err} in a sweep of {curve.planned_steps} steps; check the model, widen lr_range.lr_min and "
+                    "lr_range.lr_max, lengthen the sweep with lr_range.max_steps, or give the range as search.lr"
+                ) from None
+            steps = 2 * curve.planned_steps
+            log.info("the loss never fell clearly in %d steps; sweeping again over %d", curve.planned_steps, steps)
+    if not reading.diverged and curve.stop_reason == "reached lr_max":
+        log.warning(
+            "the loss never diverged up to lr_range.lr_max=%g; the range is read off lr_max and may be too low. "
+            "Raise lr_range.lr_max.", settings.lr_max
+        )
+    shift = RANGE_SHIFT.get(config.trainer.get("optimizer"), 1.0)
+    low, high, point = training_range(reading, settings.low_divisor / shift, settings.high_divisor / shift)
+    return RangeResult(
+        lr_low=low,
+        lr_high=high,
+        suggestion=point,
+        steepest_lr=reading.steepest_lr,
+        min_loss_lr=reading.min_loss_lr,
+        divergence_lr=reading.divergence_lr,
+        stop_reason=curve.stop_reason,
+        weight_decay=weight_decay,
+        lrs=lrs,
+        losses=losses,
+        smoothed=reading.smoothed.tolist(),
+        seeds=settings.seeds,
+        planned_steps=curve.planned_steps,
+        epoch_steps=curve.epoch_steps,
+    )
+
+
+def find_lr_range(
+    config: ExperimentConfig,
+    on_step: StepCallback | None = None,
+    on_result: Callable[[int, int, float], None] | None = None,
+) -> RangeTest:
+    """The range test as configured: one weight decay in this process, several in parallel Ray tasks.
+
+    `on_step` reports each step of an in-process test; `on_result(done, total, weight_decay)`
+    reports each finished weight decay.
+    """
+    decays = config.lr_range.weight_decays
+    if len(decays) == 1:
+        results = {decays[0]: _try_range(config, decays[0], on_step)}
+        if on_result:
+            on_result(1, 1, decays[0])
+    else:
+        results = _parallel_ranges(config, decays, on_result)
+    failures = {str(wd): outcome for wd, outcome in results.items() if isinstance(outcome, str)}
+    found = [outcome for outcome in results.values() if isinstance(outcome, RangeResult)]
+    if not found:
+        raise PbtError(next(iter(failures.values())))
+    return RangeTest(found, choose_weight_decay(found), failures)
+
+
+def choose_weight_decay(results: list[RangeResult], tolerance: float = 2.0) -> float:
+    """The largest weight decay whose `lr_high` is within `tolerance`x of the highest (Smith 2018)."""
+    best_high = max(r.lr_high for r in results)
+    return max(r.weight_decay for r in results if r.lr_high * tolerance >= best_high)
+
+
+def _try_range(config: ExperimentConfig, weight_decay: float, on_step: StepCallback | None = None) -> RangeResult | str:
+    # A weight decay whose curve never falls is a finding of the sweep, not a crash.
+    try:
+        return range_for_weight_decay(config, weight_decay, on_step)
+    except PbtError as err:
+        return str(err)
+
+
+def _parallel_ranges(
+    config: ExperimentConfig, decays: list[float], on_result: Callable[[int, int, float], None] | None
+) -> dict[float, RangeResult | str]:
+    # Here, not above: `import pbt` (which names this module's results) need not load Ray.
+    import ray
+
+    from pbt.cluster.session import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(_try_range).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
+    pending = {task.remote(config, wd): wd for wd in decays}
+    results: dict[float, RangeResult | str] = {}
+    while pending:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        wd = pending.pop(ready)
+        results[wd] = ray.get(ready)
+        if on_result:
+            on_result(len(results), len(decays), wd)
+    return {wd: results[wd] for wd in decays}

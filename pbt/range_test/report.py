@@ -1,0 +1,171 @@
+"""An LR range test's report: what `pbt lr-find` prints (a progress bar, then the range and the
+features read off the curve), and what it writes to the experiment folder (JSON, a PNG plot,
+TensorBoard runs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from matplotlib.figure import Figure  # no pyplot: files only, no backend to choose
+from torch.utils.tensorboard import SummaryWriter
+
+from pbt.config import ExperimentConfig
+from pbt.range_test.finder import RangeTest, find_lr_range
+from pbt.storage.layout import RANGE_FILE, RANGE_PLOT, TENSORBOARD
+from pbt.storage.store import shown
+
+
+def save_range_test(sweep: RangeTest, config: ExperimentConfig, folder: Path) -> dict[str, Path]:
+    """Write `lr_range.json`, `lr_range.png` and `tensorboard/lr_range/...`; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": folder / RANGE_FILE,
+        "plot": folder / RANGE_PLOT,
+        "tensorboard": folder / TENSORBOARD,
+    }
+    record = {"config": config.model_dump(mode="json"), **sweep.to_dict()}
+    paths["json"].write_text(json.dumps(record, indent=1))
+    optimizer = config.trainer.get("optimizer")
+    what = config.trainable + (f", {optimizer}" if optimizer else "")
+    figure = range_figure(sweep, title=f"LR range test: {config.name} ({what})")
+    figure.savefig(paths["plot"], dpi=120, bbox_inches="tight")
+    write_tensorboard(sweep, paths["tensorboard"], figure)
+    return paths
+
+
+def range_figure(sweep: RangeTest, title: str) -> Figure:
+    """Loss against learning rate (log axis) per weight decay, the features marked, the range shaded."""
+    figure = Figure(figsize=(9, 4.8))
+    axes = figure.subplots()
+    chosen = sweep.chosen
+    for result in sweep.results:
+        is_chosen = result is chosen
+        label = f"weight decay {result.weight_decay:g}" + (" (chosen)" if is_chosen and len(sweep.results) > 1 else "")
+        (line,) = axes.plot(result.lrs, result.smoothed, lw=2 if is_chosen else 1.2, label=f"{label}: smoothed loss")
+        axes.plot(result.lrs, result.losses, color=line.get_color(), lw=0.6, alpha=0.35)
+    axes.axvspan(chosen.lr_low, chosen.lr_high, color="gold", alpha=0.35,
+                 label=f"range for training [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]")
+    axes.axvline(chosen.suggestion, color="darkgoldenrod", lw=1.5, ls="--", label=f"suggested lr {chosen.suggestion:.3g}")
+    for lr, style, name in (
+        (chosen.steepest_lr, ":", "falls fastest"),
+        (chosen.min_loss_lr, "-.", "lowest loss"),
+        (chosen.divergence_lr, "-", "diverges"),
+    ):
+        axes.axvline(lr, color="0.4", lw=1, ls=style, label=f"{name} at {lr:.3g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate (log scale)")
+    seeds = f"median of {chosen.seeds} seeds" if chosen.seeds > 1 else "one seed"
+    axes.set_ylabel(f"training loss ({seeds}; faint: raw)")
+    axes.set_ylim(*_loss_limits(sweep))
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    figure.text(
+        0.01, -0.02,
+        f"The range for training is the divergence point / {chosen.divergence_lr / chosen.lr_low:.0f} to "
+        f"/ {chosen.divergence_lr / chosen.lr_high:.0f}: a sweep of {chosen.length_text()} sees every feature at a "
+        "higher learning rate\nthan a full run at a constant rate would, so the range sits well below the dip (see README, "
+        "'How the range is read').",
+        fontsize=8, va="top", color="0.3",
+    )
+    return figure
+
+
+def _loss_limits(sweep: RangeTest) -> tuple[float, float]:
+    # Divergence shoots the loss up by orders of magnitude; keep the interesting part readable.
+    smoothed = [v for r in sweep.results for v in r.smoothed]
+    low, start = min(smoothed), max(r.smoothed[0] for r in sweep.results)
+    span = max(start - low, 1e-6)
+    return low - 0.1 * span, start + 0.6 * span
+
+
+def write_tensorboard(sweep: RangeTest, logdir: Path, figure: Figure | None = None) -> None:
+    """One TensorBoard run per weight decay under `lr_range/`, with the loss curve by step and the plot."""
+    for result in sweep.results:
+        run = logdir / "lr_range" / f"weight_decay={result.weight_decay:g}"
+        with SummaryWriter(str(run)) as writer:
+            for step, (lr, loss, smoothed) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
+                writer.add_scalar("lr_range/loss", loss, step)
+                writer.add_scalar("lr_range/loss_smoothed", smoothed, step)
+                writer.add_scalar("lr_range/learning_rate", lr, step)
+            writer.add_text(
+                "lr_range/result",
+                f"range for training [{result.lr_low:.4g}, {result.lr_high:.4g}], suggested lr {result.suggestion:.4g}; "
+                f"the loss falls fastest at {result.steepest_lr:.4g}, is lowest at {result.min_loss_lr:.4g} "
+                f"and diverges at {result.divergence_lr:.4g}; stopped: {result.stop_reason}",
+            )
+            if figure is not None and result is sweep.chosen:
+                writer.add_figure("lr_range/loss_vs_lr", figure, close=False)
+
+
+def run_range_test(config: ExperimentConfig) -> RangeTest:
+    """Run, print and save the LR range test of `config`."""
+    settings = config.lr_range
+    length = f"{settings.max_steps} steps" if settings.max_steps else f"one epoch (at least {settings.min_steps} steps)"
+    print(f"LR range test: {config.name} ({config.trainable}), lr {settings.lr_min:g} -> {settings.lr_max:g}, "
+          f"{settings.seeds} seed(s) x {len(settings.weight_decays)} weight decay(s), {length} each")
+    started = time.perf_counter()
+    progress = ProgressBar(settings.seeds)
+    sweep = find_lr_range(config, on_step=progress.step, on_result=progress.result)
+    progress.close()
+    paths = save_range_test(sweep, config, config.experiment_dir)
+    print_range_test(sweep, time.perf_counter() - started)
+    print(f"\nWrote {shown(paths['json'])}\n      {shown(paths['plot'])}")
+    print(f"      {shown(paths['tensorboard'])}   (view: tensorboard --logdir {shown(paths['tensorboard'])})")
+    return sweep
+
+
+def print_range_test(sweep: RangeTest, seconds: float) -> None:
+    chosen = sweep.chosen
+    if len(sweep.results) > 1:
+        print(f"\n{'weight decay':>12}  {'lr_low':>9}  {'lr_high':>9}  {'diverges at':>11}  stopped because")
+        for r in sweep.results:
+            mark = "  <- chosen: largest weight decay that keeps a high lr" if r is chosen else ""
+            print(f"{r.weight_decay:>12g}  {r.lr_low:>9.3g}  {r.lr_high:>9.3g}  {r.divergence_lr:>11.3g}  {r.stop_reason}{mark}")
+        for wd, reason in sweep.failures.items():
+            print(f"{float(wd):>12g}  no range: {reason}")
+    print(f"\nLearning-rate range   [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]   suggested lr {chosen.suggestion:.3g}")
+    print(f"Read off the curve    falls fastest at {chosen.steepest_lr:.3g}, lowest at {chosen.min_loss_lr:.3g}, "
+          f"diverges at {chosen.divergence_lr:.3g}")
+    print(f"Weight decay          {chosen.weight_decay:g}")
+    print(f"Sweep                 {chosen.length_text()}; it ran {len(chosen.lrs)} steps")
+    print(f"Stopped because       {chosen.stop_reason}   ({seconds:.1f} s)")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr for an interactive terminal; sparse lines otherwise."""
+
+    def __init__(self, sweeps_per_decay: int, width: int = 30, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.width, self.sweeps = width, sweeps_per_decay
+        self.sweep = 0
+        self.open_line = False  # a live line is drawn and not yet ended
+
+    def step(self, step: int, total: int, lr: float, loss: float) -> None:
+        if step == 1:
+            self.sweep += 1
+        if not self.live and step % max(1, total // 4):
+            return  # in a log file, a line per quarter of a sweep is enough
+        filled = round(self.width * step / total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"  sweep {self.sweep}/{self.sweeps} [{bar}] {step:>4}/{total}  lr {lr:.2e}  loss {loss:.4g}"
+        self.stream.write(("\r" + line) if self.live else line + "\n")
+        self.stream.flush()
+        self.open_line = self.live
+
+    def result(self, done: int, total: int, weight_decay: float) -> None:
+        if total > 1:
+            self._end_line()
+            self.stream.write(f"  weight decay {weight_decay:g} done ({done}/{total})\n")
+
+    def close(self) -> None:
+        self._end_line()
+
+    def _end_line(self) -> None:
+        if self.open_line:
+            self.stream.write("\n")
+            self.open_line = False

@@ -1,0 +1,2 @@
+"""What the runs reported, and how it is shown: records, live progress, the comparison, figures,
+console lines."""

@@ -1,0 +1,1 @@
+"""The search space both arms share: bounds, clipped exploration, and the grid over them."""
