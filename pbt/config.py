@@ -154,6 +154,17 @@ class PopulationConfig(StrictModel):
     checkpoints_to_keep: int = Field(
         8, ge=2, description="Per member; a donor's checkpoint must outlive the moment its clone loads it."
     )
+    capture: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="On CUDA, capture a pack's training step once as a CUDA graph and replay it: on, off, or "
+        "auto (off until a GPU measurement shows it faster).",
+    )
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _capture_words(cls, value: Any) -> Any:
+        # YAML reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("pack", mode="before")
     @classmethod
@@ -312,6 +323,15 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 f"population.perturbation_interval must not exceed population.epochs, but got "
                 f"perturbation_interval={self.population.perturbation_interval} and epochs={self.population.epochs}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _capture_needs_a_gpu(self) -> ExperimentConfig:
+        if self.population.capture == "on" and self.resources.gpu == 0:
+            raise ValueError(
+                "population.capture=on captures a pack's step as a CUDA graph, which needs a GPU, but got "
+                "resources.gpu=0; set resources.gpu > 0 or population.capture=auto"
             )
         return self
 

@@ -1,6 +1,7 @@
 """ResNet-20 on one GPU, in samples per second with peak memory: one member alone, N members
 sharing the GPU as N processes (what Ray runs for N trials at `gpu: 1/N`), and K members packed
-in one process (`pbt.engines.packed.model.PackedTrainer`).
+in one process (`pbt.engines.packed.model.PackedTrainer`), each pack with its step run eagerly and
+captured once as a CUDA graph and replayed (`--capture off,on`; `population.capture` in a run).
 
 Every mode runs in fresh processes started from this script (hidden `--worker`), so that no
 mode inherits another's CUDA context, cached memory or cuDNN choices; the driver itself never
@@ -13,10 +14,13 @@ ready and waits; when every worker of the mode is ready they start together and 
 `--steps` steps. Samples/s of a mode = all its members' samples / (wall time from the start
 signal to the last worker's end). Peak memory is torch's (`max_memory_allocated`,
 `max_memory_reserved`) over the worker's whole life, building and warm-up included; where
-`nvidia-smi` exists, the GPU memory it reports (CUDA contexts included) is sampled too.
+`nvidia-smi` exists, the GPU memory it reports (CUDA contexts included) is sampled too. The step
+time per member is the mode's wall time over its steps and members: what one member's step costs
+when the mode trains them all. A captured pack warms up at least `WARMUP_STEPS` + 2 steps, so its
+timed steps are all replays.
 
-    python scripts/bench_gpu_packed.py                                      # 1 alone, 4 x gpu 0.25, 16 packed
-    python scripts/bench_gpu_packed.py --procs 4 --packs 4,16 --json gpu_packed.json
+    python scripts/bench_gpu_packed.py        # 1 alone, 4 x gpu 0.25, packs of 16 and 64, eager and captured
+    python scripts/bench_gpu_packed.py --procs 4 --packs 4,16 --capture on --json gpu_packed.json
     python scripts/bench_gpu_packed.py --device cpu --train-images 512 --steps 3 --warmup 1 --packs 2 --procs 2
 
 Random images are written in CIFAR-10's real file format (`tests/vision_files.py`) to a
@@ -47,6 +51,7 @@ if str(ROOT) not in sys.path:  # `tests.vision_files`, and the project when it i
 import torch  # noqa: E402
 
 from pbt.config import validate_config  # noqa: E402
+from pbt.engines.packed.capture import WARMUP_STEPS  # noqa: E402
 from pbt.engines.packed.model import PackedTrainer  # noqa: E402
 from pbt.optim import set_hyperparams  # noqa: E402
 from pbt.registry import build_trainer  # noqa: E402
@@ -94,20 +99,9 @@ def worker(args: argparse.Namespace) -> None:
         set_hyperparams(lead.optimizer, **hyperparams[0])
         step, epoch = lead.train_step, lead.batches
         built_by = "build_trainer"
-    elif hasattr(PackedTrainer, "build"):  # as the packed engine builds a pack
-        pack = PackedTrainer.build(config, members, hyperparams, device=device)
+    else:  # as the packed engine builds a pack
+        pack = PackedTrainer.build(config, members, hyperparams, device=device, capture=args.capture == "on")
         built_by = "PackedTrainer.build"
-    else:  # the core alone: members built as the engine builds them, only the lead keeping its data
-        trainers = []
-        for member, values in zip(members, hyperparams):
-            trainer = build_trainer(config, device=device, seed=config.seed + member)
-            set_hyperparams(trainer.optimizer, **values)
-            if trainers:
-                for name in DATA:
-                    setattr(trainer, name, None)
-            trainers.append(trainer)
-        pack = PackedTrainer(trainers, "sgd")
-        built_by = "build_trainer x K + PackedTrainer"
     if pack is not None:
         lead = pack.lead
         step, epoch = (lambda indices: pack.train_step(indices)[0]), pack.batch_indices  # the losses
@@ -168,6 +162,7 @@ def worker(args: argparse.Namespace) -> None:
         "build_s": built_s,
         "warmup_s": warmup_s,
         "mean_loss": [round(v, 4) for v in (total / max(args.steps, 1)).tolist()],
+        "captured": bool(pack is not None and pack.captured),
         "train_images": len(lead.x_train),
         "data_mib": data_bytes / 2**20,
         "conv_output_dtypes": seen["conv"],
@@ -262,9 +257,10 @@ class SmiSampler:
 
 
 def run_mode(name: str, groups: list[tuple[int, int]], args: argparse.Namespace, scratch: Path,
-             smi: SmiSampler) -> dict:
-    """Start one worker per (first member, members) in `groups`, all at once; start their timed
-    windows together once every one is warm; gather their figures."""
+             smi: SmiSampler, capture: str = "off") -> dict:
+    """Start one worker per (first member, members) in `groups`, all at once (a pack's step
+    captured when `capture` is on); start their timed windows together once every one is warm;
+    gather their figures."""
     sync = Path(tempfile.mkdtemp(prefix="mode-", dir=scratch))
     print(f"[{name}] starting {len(groups)} process(es)", flush=True)
     baseline = smi.read()
@@ -279,8 +275,8 @@ def run_mode(name: str, groups: list[tuple[int, int]], args: argparse.Namespace,
             "--device", args.device, "--data-dir", args.data_dir, "--train-images", str(args.train_images),
             "--model", args.model, "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--momentum", str(args.momentum), "--weight-decay", str(args.weight_decay),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-            "--timeout", str(args.timeout), "--channels-last", args.channels_last,
+            "--steps", str(args.steps), "--warmup", str(warmup_steps(args.warmup, capture)), "--threads", str(args.threads),
+            "--timeout", str(args.timeout), "--channels-last", args.channels_last, "--capture", capture,
         ]
         procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         logs.append(log)
@@ -304,7 +300,7 @@ def run_mode(name: str, groups: list[tuple[int, int]], args: argparse.Namespace,
         for index in range(len(procs)):
             tail = (sync / f"log-{index}.txt").read_text().splitlines()[-25:]
             print(f"  --- worker {index} log (last {len(tail)} lines) ---\n" + "\n".join(f"  {line}" for line in tail))
-        return {"mode": name, "failed": failure}
+        return {"mode": name, "capture": capture, "failed": failure}
 
     workers = [json.loads((sync / f"result-{index}.json").read_text()) for index in range(len(procs))]
     last_end = max(w["end_wall"] for w in workers)
@@ -314,13 +310,18 @@ def run_mode(name: str, groups: list[tuple[int, int]], args: argparse.Namespace,
     reserved = [w["peak_reserved_mib"] for w in workers]
     allocated = [w["peak_allocated_mib"] for w in workers]
     smi_window = smi.peak(go_wall, last_end)
+    members = sum(w["members"] for w in workers)
     result = {
         "mode": name,
+        "capture": capture,
+        "captured": all(w["captured"] for w in workers if w["members"] > 1),
         "processes": len(workers),
-        "members": sum(w["members"] for w in workers),
+        "members": members,
         "samples": samples,
         "wall_s": wall,
         "samples_per_s": samples / wall,
+        # One member's step as the mode trains them all: the mode's wall time over its member-steps.
+        "ms_per_member_step": wall * 1e3 / (args.steps * members),
         # Every worker's own rate, added up: equals samples_per_s when their windows coincide.
         "sum_of_worker_rates": sum(w["samples_per_s"] for w in workers),
         "overlap_fraction": overlap / wall if wall > 0 else None,
@@ -333,10 +334,16 @@ def run_mode(name: str, groups: list[tuple[int, int]], args: argparse.Namespace,
         "workers": workers,
     }
     per_step = ", ".join(f"{w['ms_per_step']:.1f}" for w in workers)
-    print(f"[{name}] {result['samples_per_s']:,.0f} samples/s over {wall:.2f} s; ms/step per process: {per_step}; "
+    print(f"[{name}] {result['samples_per_s']:,.0f} samples/s over {wall:.2f} s; {result['ms_per_member_step']:.2f} ms "
+          f"per member-step; ms/step per process: {per_step}; "
           f"peak reserved {mib(result['peak_reserved_mib_sum'])} MiB; nvidia-smi peak {mib(smi_window)} MiB "
           f"(before: {mib(baseline)})", flush=True)
     return result
+
+
+def warmup_steps(asked: int, capture: str) -> int:
+    """Untimed steps of a worker: a captured pack also runs its eager warm-up and its capture there."""
+    return max(asked, WARMUP_STEPS + 2) if capture == "on" else asked
 
 
 def wait_ready(procs: list[subprocess.Popen], sync: Path, timeout: float) -> str | None:
@@ -396,20 +403,20 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
           f"warm-up steps; data on the device {any_worker['data_mib']:.0f} MiB per process (a pack keeps its lead's only)")
     alone = next((r for r in done if r["mode"] == "1 alone"), None)
     base = alone["samples_per_s"] if alone else None
-    header = (f"  {'mode':<24}{'members':>8}{'samples/s':>12}{'x alone':>9}{'per member/s':>14}"
+    header = (f"  {'mode':<28}{'members':>8}{'samples/s':>12}{'x alone':>9}{'per member/s':>14}{'ms/member-step':>16}"
               f"{'peak alloc':>12}{'peak reserved':>15}{'nvidia-smi':>12}")
     print(header)
     print("  " + "-" * (len(header) - 2))
     for r in results:
         if "failed" in r:
-            print(f"  {r['mode']:<24}FAILED: {r['failed']}")
+            print(f"  {r['mode']:<28}FAILED: {r['failed']}")
             continue
         ratio = f"{r['samples_per_s'] / base:.2f}x" if base else "-"
         smi = r["smi_peak_timed_mib"]
         if smi is not None and r["smi_baseline_mib"] is not None:
             smi -= r["smi_baseline_mib"]
-        print(f"  {r['mode']:<24}{r['members']:>8}{r['samples_per_s']:>12,.0f}{ratio:>9}"
-              f"{r['samples_per_s'] / r['members']:>14,.0f}{mib(r['peak_allocated_mib_sum']):>12}"
+        print(f"  {r['mode']:<28}{r['members']:>8}{r['samples_per_s']:>12,.0f}{ratio:>9}"
+              f"{r['samples_per_s'] / r['members']:>14,.0f}{r['ms_per_member_step']:>16.3f}{mib(r['peak_allocated_mib_sum']):>12}"
               f"{mib(r['peak_reserved_mib_sum']):>15}{mib(smi):>12}")
     print("  (memory in MiB: torch's peaks summed over the mode's processes; nvidia-smi: the GPU's peak during the\n"
           "   timed window less what it held before the mode started, CUDA contexts included)")
@@ -422,10 +429,13 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
                       f"peak reserved {mib(w['peak_reserved_mib'])} MiB, mean loss {w['mean_loss'][0]}")
         else:
             w = r["workers"][0]
-            extra = f"; built by {w['built_by']}" if w["members"] > 1 else ""
+            extra = f"; built by {w['built_by']}, step {'captured' if w['captured'] else 'eager'}" if w["members"] > 1 else ""
             losses = w["mean_loss"]
             print(f"  {r['mode']}: {w['ms_per_step']:.1f} ms/step, built in {w['build_s']:.1f} s, warm-up "
                   f"{w['warmup_s']:.1f} s, mean loss {min(losses)}..{max(losses)}{extra}")
+    shared = next((r for r in done if "processes" in r["mode"]), None)
+    for r in (r for r in done if "packed" in r["mode"] and shared):  # issue 23's target: a pack of 16 at 3x four processes
+        print(f"  {r['mode']}: {r['samples_per_s'] / shared['samples_per_s']:.2f}x {shared['mode']}")
     for r in done:  # what autocast really did, per mode (the pack runs its model under vmap)
         w = r["workers"][0]
         print(f"  {r['mode']}: convolutions ran in {'/'.join(w['conv_output_dtypes']) or '-'}, the classifier in "
@@ -437,7 +447,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--procs", default="4", help="comma list: processes sharing the GPU, one member each (0: skip)")
-    parser.add_argument("--packs", default="16", help="comma list: members packed in one process (0: skip)")
+    parser.add_argument("--packs", default="16,64", help="comma list: members packed in one process (0: skip)")
+    parser.add_argument("--capture", default="off,on",
+                        help="comma list of off/on: each pack size is measured with its step eager (off) and captured "
+                        "as a CUDA graph and replayed (on)")
     parser.add_argument("--no-alone", action="store_true", help="skip the one-member-on-the-whole-GPU mode")
     parser.add_argument("--steps", type=int, default=150, help="timed training steps per process")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first, at least 1 (cuDNN picks its kernels)")
@@ -468,9 +481,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, device {args.device}", flush=True)
     procs = [n for n in (int(v) for v in args.procs.split(",") if v.strip()) if n > 0]
     packs = [n for n in (int(v) for v in args.packs.split(",") if v.strip()) if n > 0]
-    modes = [] if args.no_alone else [("1 alone", [(0, 1)])]
-    modes += [(f"{n} processes (gpu {1 / n:.3g})", [(member, 1) for member in range(n)]) for n in procs]
-    modes += [(f"{n} packed", [(0, n)]) for n in packs]
+    captures = [word.strip() for word in args.capture.split(",") if word.strip()]
+    if not captures or set(captures) - {"off", "on"}:
+        parser.error(f"--capture takes off, on or off,on, but got {args.capture!r}")
+    modes = [] if args.no_alone else [("1 alone", [(0, 1)], "off")]
+    modes += [(f"{n} processes (gpu {1 / n:.3g})", [(member, 1) for member in range(n)], "off") for n in procs]
+    modes += [(f"{n} packed{', captured' if capture == 'on' else ''}", [(0, n)], capture) for n in packs for capture in captures]
     smi = SmiSampler()
     smi.available = smi.available and args.device == "cuda"
 
@@ -485,13 +501,16 @@ def main() -> None:
             from trainables.vision_data import load_images
 
             args.train_images = len(load_images("cifar10", args.data_dir).x_train)  # builds the cache once
-        for name, groups in modes:
-            results.append(run_mode(name, groups, args, scratch_path, smi))
+        for name, groups, capture in modes:
+            results.append(run_mode(name, groups, args, scratch_path, smi, capture))
             if args.json:  # after every mode: a run cut short still leaves what it measured
                 Path(args.json).write_text(json.dumps({"args": vars(args), "modes": results}, indent=2))
     report(results, args)
     if args.json:
         print(f"figures written to {args.json}")
+    failed = [r["mode"] for r in results if "failed" in r]
+    if failed:  # scripts/gpu_check.sh counts the benchmark as failed then
+        raise SystemExit(f"{len(failed)} mode(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

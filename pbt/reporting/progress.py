@@ -75,8 +75,9 @@ def gpu_memory_line(config: dict[str, Any], result: dict[str, Any]) -> str:
     """How much of the GPU one member (or pack) takes, to choose `resources.gpu` (see README)."""
     peak, total = result["gpu_peak_mib"], result["gpu_total_mib"]
     if "members" in config:
+        captured = "; its training step replayed as a CUDA graph" if result.get("step_captured") else ""
         return (f"  [gpu] pack of members {', '.join(map(str, config['members']))}: peak GPU memory {peak:.0f} MiB of "
-                f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool)")
+                f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool){captured}")
     fit = int(total // peak) if peak > 0 else 0
     return (f"  [gpu] member {config.get('member')}: peak GPU memory {peak:.0f} MiB of "
             f"{total / 1024:.0f} GiB after its first epoch (PyTorch's pool); by memory {fit} such members fit on the "

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from pbt.config import ExperimentConfig
+from pbt.engines.packed.capture import StaticStep
 from pbt.engines.packed.layers import fast_layers
 from pbt.engines.packed.optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
@@ -133,10 +134,14 @@ class PackedTrainer:
     each member's own weights, hyperparameters, batches and metrics.
 
     `trainers` are built as the actor engine builds members (same class and settings, a seed each);
-    their models are stacked, their optimizers' hyperparameters carried over.
+    their models are stacked, their optimizers' hyperparameters carried over. With `capture`, the
+    training step runs on a static input buffer (`pbt.engines.packed.capture`): on CUDA captured
+    once as a graph and replayed, elsewhere eagerly (the same arithmetic as without).
     """
 
-    def __init__(self, trainers: Sequence[TensorClassificationTrainer], optimizer: str, nesterov: bool = False) -> None:
+    def __init__(
+        self, trainers: Sequence[TensorClassificationTrainer], optimizer: str, nesterov: bool = False, capture: bool = False,
+    ) -> None:
         self.lead = trainers[0]
         self.device = self.lead.device
         self.size = len(trainers)
@@ -144,11 +149,13 @@ class PackedTrainer:
         self.optimizer = PackedOptimizer(optimizer, list(self.model.params.values()), self.size, nesterov=nesterov)
         for member, trainer in enumerate(trainers):
             self.optimizer.set_hyperparams(member, **get_hyperparams(trainer.optimizer))
+        self.capture = capture
+        self.static_step: StaticStep | None = None  # built at the first step, for its batch shape
 
     @classmethod
     def build(
         cls, experiment: ExperimentConfig, members: Sequence[int], hyperparams: Sequence[dict[str, float]],
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "cpu", capture: bool = False,
     ) -> PackedTrainer:
         """Members `members` of the experiment, built as the actor engine builds them (seed
         `experiment.seed + member`, so each starts from the same weights as it would alone), with
@@ -166,7 +173,8 @@ class PackedTrainer:
                         setattr(trainer, name, None)
             trainers.append(trainer)
         group = trainers[0].optimizer.param_groups[0]
-        return cls(trainers, OPTIMIZER_NAMES[type(trainers[0].optimizer)], nesterov=bool(group.get("nesterov", False)))
+        return cls(trainers, OPTIMIZER_NAMES[type(trainers[0].optimizer)], nesterov=bool(group.get("nesterov", False)),
+                   capture=capture)
 
     def batch_indices(self) -> Iterator[torch.Tensor]:
         """One epoch: (K, batch) indices, each member in its own random order (ragged end dropped,
@@ -180,6 +188,21 @@ class PackedTrainer:
     def train_step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and step for every member on its own batch; the (K,) losses, detached,
         and the (K,) counts of examples each member classified right."""
+        if not self.capture:
+            return self._step(indices)
+        if self.static_step is None:
+            self.static_step = StaticStep(self._step, indices, graphed=self.device.type == "cuda",
+                                          before_capture=self.optimizer.zero_grad)
+        if indices.shape != self.static_step.shape:  # another batch size than the graph's: eagerly
+            return self._step(indices)
+        return self.static_step(indices)
+
+    @property
+    def captured(self) -> bool:
+        """Whether the training step is now a replayed CUDA graph."""
+        return self.static_step is not None and self.static_step.graph is not None
+
+    def _step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lead = self.lead
         x, y = lead.x_train[indices], lead.y_train[indices]
         inputs = lead.inputs(x.flatten(0, 1), train=True).unflatten(0, indices.shape)

@@ -25,6 +25,7 @@ from ray import tune
 
 from pbt.config import ExperimentConfig
 from pbt.engines.common import MEMBERS, METRIC, PACK_FILE, WORST_SCORE, gpu_memory, load_pack_state
+from pbt.engines.packed.capture import capture_wanted
 from pbt.engines.packed.model import PackedTrainer, member_of
 from pbt.errors import PbtError
 from pbt.registry import pick_device
@@ -44,7 +45,8 @@ class PackTrial(tune.Trainable):
         if "optimizer" in config:  # a grid over optimizers: each pack holds one optimizer's points
             experiment = experiment.model_copy(update={"trainer": {**experiment.trainer, "optimizer": config["optimizer"]}})
         self.members = list(config["members"])
-        self.pack = PackedTrainer.build(experiment, self.members, config["hyperparams"], self.device)
+        capture = capture_wanted(experiment.population.capture, self.device)
+        self.pack = PackedTrainer.build(experiment, self.members, config["hyperparams"], self.device, capture=capture)
         self.histories: list[list[dict[str, Any]]] = [[] for _ in self.members]
         self.plan_epoch = 0  # the perturbation whose moves this pack applied last
         self.scores = [WORST_SCORE] * len(self.members)  # each member's score at the last epoch
@@ -94,10 +96,16 @@ class PackTrial(tune.Trainable):
             METRIC: max(report[METRIC] for report in reports),
             MEMBERS: {str(slot): report for slot, report in enumerate(reports)},
             "exploits": {str(index): move for index, move in enumerate(applied)},
-            **(gpu_memory(self.device) if self.iteration == 0 else {}),
+            **(self._gpu_report() if self.iteration == 0 else {}),
             "pack_seconds": seconds,
             "node_id": self.node_id,
         }
+
+    def _gpu_report(self) -> dict[str, Any]:
+        """After the first epoch on CUDA: the peak memory, and whether the step is replayed as a graph."""
+        if self.device.type != "cuda":
+            return {}
+        return {**gpu_memory(self.device), "step_captured": self.pack.captured}
 
     def _exchange(self) -> list[dict[str, Any]]:
         """At a perturbation: offer this pack's members to the board, wait for every pack, apply the moves."""
