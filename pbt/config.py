@@ -65,10 +65,13 @@ class LRRangeConfig(StrictModel):
         description="Stop when the smoothed loss rises above its best by this many times the drop seen so far.",
     )
     low_divisor: float = Field(
-        50.0, gt=1, description="lr_low is the divergence point divided by this (1.7 decades below it)."
+        20.0, gt=1, description="lr_low is the curve's basis (divergence^0.75 x minimum^0.25) divided by this, "
+        "for SGD with momentum; other optimizers read it higher (pbt.range_test.finder.RANGE_SHIFT)."
     )
-    high_divisor: float = Field(
-        20.0, gt=1, description="lr_high is the divergence point divided by this (1.3 decades below it)."
+    high_divisor: float = Field(10.0, gt=1, description="lr_high is the basis divided by this (see low_divisor).")
+    ceiling_divisor: float = Field(
+        3.0, gt=0, description="Exploration may raise the lr above lr_high up to the basis divided by this "
+        "(never above the divergence point, never below lr_high); at high_divisor or above, the walls are the range."
     )
 
     @model_validator(mode="after")

@@ -29,6 +29,13 @@ def test_default_learning_rates_are_log_spaced_around_the_range():
     assert axes["momentum"] == [0.85, 0.95] and axes["weight_decay"] == [1e-5, 1e-3]
 
 
+def test_the_grid_reaches_the_ceiling_that_pbt_may_explore_to():
+    space = SearchSpace(lr=Bound(0.001, 0.2, log=True, start_low=0.01, start_high=0.04), momentum=SPACE.momentum,
+                        weight_decay=SPACE.weight_decay)
+    lrs = grid_axes(validate_config({"population": {"size": 16}, "grid": {"lr_span": 2.0}}), space)["lr"]
+    assert lrs[0] == pytest.approx(0.01 / 2) and lrs[-1] == pytest.approx(0.2)
+
+
 def test_a_single_secondary_value_is_the_middle_of_its_bounds():
     axes = grid_axes(validate_config({"population": {"size": 2, "epochs": 4}}), SPACE)
     assert axes["momentum"] == [pytest.approx(0.9)]

@@ -22,9 +22,12 @@ from pbt.range_test.finder import (
     choose_weight_decay,
     find_lr_range,
     median_curve,
+    optimizer_key,
     read_curve,
+    reading_basis,
     record_curve,
     smooth,
+    training_ceiling,
     training_range,
 )
 from pbt.registry import build_trainer
@@ -74,8 +77,10 @@ def test_reading_a_known_curve():
     assert 1e-2 < reading.min_loss_lr <= 1.0
     assert reading.diverged and reading.divergence_lr == pytest.approx(10 ** math.sqrt(0.2), rel=0.1)
     low, high, point = training_range(reading, low_divisor=100, high_divisor=10)
-    assert (low, high) == pytest.approx((reading.divergence_lr / 100, reading.divergence_lr / 10))
-    assert point == pytest.approx(reading.divergence_lr / math.sqrt(1000))
+    basis = reading.divergence_lr**0.75 * reading.min_loss_lr**0.25  # between the two, nearer divergence
+    assert reading.min_loss_lr < basis < reading.divergence_lr
+    assert (low, high) == pytest.approx((basis / 100, basis / 10))
+    assert point == pytest.approx(basis / math.sqrt(1000))
 
 
 def test_a_curve_that_never_climbs_back_is_flagged():
@@ -263,14 +268,98 @@ def test_a_sweep_length_set_in_the_config_is_kept():
         find_lr_range(config)
 
 
-def test_adaptive_optimizers_read_the_range_closer_to_divergence():
-    # The same curve (the quadratic trainer ignores `optimizer`), read for SGD and for Adagrad.
+def test_each_optimizer_reads_the_same_curve_with_its_own_shift():
+    # The same curve (the quadratic trainer ignores `optimizer`), read for plain SGD (the test holds
+    # momentum 0), Adam and Adadelta: each range is its optimizer's shift times the same basis.
     ranges = {
         optimizer: find_lr_range(validate_config({**QUADRATIC, "trainer": {"optimizer": optimizer},
                                                   "lr_range": QUADRATIC_RANGE})).chosen
-        for optimizer in ("sgd", "adagrad")
+        for optimizer in ("sgd", "adam", "adadelta")
     }
-    assert ranges["adagrad"].divergence_lr == ranges["sgd"].divergence_lr
-    assert ranges["adagrad"].lr_low == pytest.approx(RANGE_SHIFT["adagrad"] * ranges["sgd"].lr_low)
-    assert ranges["adagrad"].lr_high == pytest.approx(RANGE_SHIFT["adagrad"] * ranges["sgd"].lr_high)
-    assert ranges["adagrad"].lr_high < ranges["adagrad"].divergence_lr
+    assert optimizer_key("sgd", QUADRATIC_RANGE["momentum"]) == "sgd" and optimizer_key("sgd", 0.9) == "sgd+momentum"
+    assert len({result.divergence_lr for result in ranges.values()}) == 1
+    for name in ("adam", "adadelta"):
+        ratio = RANGE_SHIFT[name] / RANGE_SHIFT["sgd"]
+        assert ranges[name].lr_low == pytest.approx(ratio * ranges["sgd"].lr_low)
+        assert ranges[name].lr_high == pytest.approx(ratio * ranges["sgd"].lr_high)
+    assert ranges["adadelta"].lr_high > ranges["sgd"].lr_high > ranges["adam"].lr_high
+
+
+def _fall_at(lrs: np.ndarray, centre: float, depth: float = 1.3, start: float = 2.3) -> np.ndarray:
+    """A plateau at `start`, a fall of `depth` around `centre`, a climb above lr=1."""
+    x = np.log10(lrs)
+    return start - depth / (1 + np.exp(-4 * (x - math.log10(centre)))) + np.where(x > 0, 10 * x**2, 0)
+
+
+def test_a_noisy_start_does_not_fall_fastest_at_the_first_rates():
+    # The artefact of a real MNIST sweep: its first batches sit above the plateau, so the
+    # smoothed curve's very first slope was the steepest and the curve "fell fastest at 1e-05".
+    lrs = np.geomspace(1e-6, 10, 100)
+    losses = _fall_at(lrs, centre=0.1) + 0.01 * np.random.default_rng(0).standard_normal(100)
+    losses[:6] += 0.8  # the smoothed curve's steepest slope is here, at 3e-6 (what the old reading took)
+    reading = read_curve(lrs, losses)
+    assert 0.03 < reading.steepest_lr < 0.3
+    assert reading.min_loss_lr > reading.steepest_lr and reading.diverged
+
+
+def test_a_curve_that_falls_from_its_first_step_still_has_a_steepest_fall():
+    lrs = np.geomspace(1e-3, 10, 60)
+    reading = read_curve(lrs, _fall_at(lrs, centre=2e-3))
+    assert reading.steepest_lr < reading.min_loss_lr
+
+
+def test_a_clear_curve_raises_no_doubt():
+    lrs = np.geomspace(1e-6, 10, 140)
+    reading = read_curve(lrs, _fall_at(lrs, centre=1e-2) + 0.005 * np.random.default_rng(1).standard_normal(140))
+    assert reading.doubts() == []
+    assert reading.steps_per_decade == pytest.approx(20.0)
+    assert reading.fall > 100 * reading.noise and reading.flat_decades < 1.5
+
+
+def test_a_shallow_fall_is_doubted():
+    lrs = np.geomspace(1e-6, 10, 140)
+    noisy = _fall_at(lrs, centre=1e-2, depth=0.1) + 0.01 * np.random.default_rng(2).standard_normal(140)
+    doubts = read_curve(lrs, noisy).doubts()
+    assert len(doubts) == 1 and doubts[0].startswith("no clear fall")
+
+
+def test_a_flat_minimum_is_doubted():
+    lrs = np.geomspace(1e-6, 10, 140)
+    x = np.log10(lrs)
+    flat = 2.3 - 1.3 / (1 + np.exp(-4 * (x + 4))) + np.where(x > 0, 10 * x**2, 0)  # low from 1e-3 to 1: 3 decades
+    doubts = read_curve(lrs, flat).doubts()
+    assert len(doubts) == 1 and doubts[0].startswith("a flat minimum (")
+
+
+def test_too_few_steps_per_decade_are_doubted():
+    lrs = np.geomspace(1e-6, 10, 30)
+    doubts = read_curve(lrs, _fall_at(lrs, centre=1e-2)).doubts()
+    assert doubts == ["too few steps per decade (4.3; raise lr_range.min_steps)"]
+
+
+def test_the_ceiling_lies_between_the_range_and_divergence():
+    lrs = np.geomspace(1e-6, 10, 140)
+    reading = read_curve(lrs, _fall_at(lrs, centre=1e-2))
+    low, high, _ = training_range(reading)
+    ceiling = training_ceiling(reading, high, ceiling_divisor=5.0)
+    assert ceiling == pytest.approx(reading_basis(reading) / 5)
+    assert high < ceiling < reading.divergence_lr
+    assert training_ceiling(reading, high, ceiling_divisor=50.0) == high, "never below the range's top"
+    assert training_ceiling(reading, high, 5.0, shift=2.0) == pytest.approx(2 * ceiling)
+    assert training_ceiling(reading, high, 0.1) == reading.divergence_lr, "never above the divergence point"
+
+
+def test_lr_find_prints_the_features_it_read_and_one_line_of_doubt(capsys):
+    from pbt.range_test.finder import RangeResult, RangeTest
+    from pbt.range_test.report import print_range_test
+
+    result = RangeResult(0.01, 0.025, 0.0158, 0.1, 0.3, 0.5, "loss diverged", 0.0, [1e-3, 1.0], [2.3, 2.4], [2.3, 2.4],
+                         lr_ceiling=0.1, fall=0.05, noise=0.01, steps_per_decade=14.0, flat_decades=0.4,
+                         doubts=["no clear fall (the loss fell 5.0x its batch noise)"])
+    print_range_test(RangeTest([result], 0.0), seconds=1.0)
+    out = capsys.readouterr().out
+    assert "Exploration ceiling   0.1 (the population starts in the range and may explore up to it)" in out
+    assert "Curve                 fell 0.05 (5x its batch noise 0.01), 14 steps a decade, near its lowest over 0.4 decades" in out
+    warnings = [line for line in out.splitlines() if line.startswith("Warning:")]
+    assert warnings == ["Warning: the curve is ambiguous: no clear fall (the loss fell 5.0x its batch noise); "
+                        "look at lr_range.png before trusting the range"]

@@ -118,3 +118,32 @@ def test_a_space_without_momentum_is_saved_and_read_back_without_it():
     # job.json of an experiment from before has a momentum bound: it is read back as searched.
     older = {**saved, "momentum": {"low": 0.85, "high": 0.95, "log": False, "complement": True}}
     assert space_from_dict(older) == SearchSpace(SPACE.lr, SPACE.momentum, SPACE.weight_decay)
+
+
+def test_exploration_may_rise_above_the_range_up_to_the_ceiling():
+    found = RangeTest([RangeResult(0.01, 0.03, 0.017, 0.2, 0.3, 0.6, "loss diverged", 0.0, [], [], [], lr_ceiling=0.12)], 0.0)
+    space = search_space(validate_config({}), found)
+    assert (space.lr.start, space.lr.start_top, space.lr.high) == pytest.approx((0.01, 0.03, 0.12))
+    rng = random.Random(0)
+    assert all(0.01 <= space.lr.sample(rng) <= 0.03 for _ in range(1000)), "members start inside the range"
+    domain = space.lr.domain()
+    assert (domain.lower, domain.upper) == (0.01, 0.03)
+    values = {"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4}
+    highest = 0.0
+    for _ in range(200):
+        values, _ = explore(values, space, rng, resample_probability=0.0, factors=(1.2,))
+        highest = max(highest, values["lr"])
+    assert highest == pytest.approx(0.12), "exploration reaches the ceiling and stops there"
+    assert space_from_dict(space.to_dict()) == space
+
+
+def test_a_range_given_in_the_config_keeps_its_walls():
+    space = search_space(validate_config({"search": {"lr": {"low": 0.1, "high": 0.2}}}), None)
+    assert space.lr.start_top == space.lr.high == 0.2
+
+
+def test_a_space_saved_before_the_ceiling_reads_back_with_the_walls_at_the_range():
+    saved = {"lr": {"low": 0.001, "high": 0.03, "start_low": 0.01, "log": True, "complement": False},
+             "weight_decay": {"low": 1e-5, "high": 1e-3, "start_low": 1e-5, "log": True}}
+    space = space_from_dict(saved)
+    assert (space.lr.start, space.lr.start_top, space.lr.high) == (0.01, 0.03, 0.03)

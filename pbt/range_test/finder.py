@@ -10,13 +10,11 @@ The sweep lasts one epoch; an epoch shorter than `min_steps` is extended over fr
 `max_steps` sets any length. Without `max_steps`, a sweep whose loss never fell clearly is run
 again twice as long, twice at most (`LENGTHENINGS`). A sweep that short sees every feature at a
 higher learning rate than a full training run would: there is too little time left to profit from
-a small rate. The range
-for training at a constant rate is therefore read off the divergence point, the sharpest feature
-of the curve: from
-`divergence / low_divisor` to `divergence / high_divisor` (50 and 20 by default, calibrated against
-fixed-rate training of SGD with momentum and of Adam; see BENCHMARKS.md; RMSprop, Adagrad and
-Adadelta read it 8 times higher: `RANGE_SHIFT`). The suggested point is the geometric middle of
-the range.
+a small rate. The range for training at a constant rate is therefore read below a basis between
+the divergence point and the minimum (`reading_basis`): `[basis / low_divisor, basis /
+high_divisor]` (20 and 10), shifted per optimizer (`RANGE_SHIFT`), all fitted on a calibration
+suite of several model families (see BENCHMARKS.md). The suggested point is the geometric middle
+of the range; `training_ceiling` says how far above it exploration may go.
 
 The caller's trainer is left exactly as it was: weights, optimizer state and RNG streams are
 snapshotted before the sweep and restored after it (fastai's LRFinder, Lightning's isolate_rng).
@@ -59,17 +57,39 @@ class Curve:
 
 @dataclass
 class CurveReading:
-    """The features of a smoothed loss-vs-lr curve.
+    """The features of a smoothed loss-vs-lr curve, and how clearly the curve shows them.
 
     When the smoothed loss never climbs back to its start, `divergence_lr` is the last learning rate
     of the curve: where the sweep stopped (a rising or non-finite loss) or `lr_max`.
     """
 
-    steepest_lr: float  # the loss falls fastest against log10(lr)
+    steepest_lr: float  # the loss falls fastest against log10(lr), once it has begun to fall
     min_loss_lr: float  # the smoothed loss is lowest
     divergence_lr: float  # the smoothed loss is back at its starting level (median of the first 10%)
     diverged: bool  # False: the sweep ended at lr_max before the loss climbed back
     smoothed: np.ndarray
+    fall: float = 0.0  # from the starting level down to the lowest smoothed loss
+    noise: float = 0.0  # the batch-to-batch noise (median absolute step-to-step change)
+    steps_per_decade: float = 0.0
+    flat_decades: float = 0.0  # decades of lr over which the smoothed loss stays near its lowest
+
+    def doubts(self) -> list[str]:
+        """What makes the curve ambiguous, each in a few words (none: the curve reads clearly)."""
+        found = []
+        if self.fall < CLEAR_FALL * self.noise:
+            found.append(f"no clear fall (the loss fell {self.fall / max(self.noise, 1e-12):.1f}x its batch noise)")
+        if self.flat_decades > FLAT_MINIMUM_DECADES:
+            found.append(f"a flat minimum ({self.flat_decades:.1f} decades within reach of the lowest loss)")
+        if self.steps_per_decade < MIN_STEPS_PER_DECADE:
+            found.append(f"too few steps per decade ({self.steps_per_decade:.1f}; raise lr_range.min_steps)")
+        return found
+
+
+# When `CurveReading.doubts` speaks: a fall under this many times the batch noise (a fall under 3x
+# is refused outright), a near-minimum wider than this many decades, fewer steps than this per decade.
+CLEAR_FALL = 10.0
+FLAT_MINIMUM_DECADES = 1.5
+MIN_STEPS_PER_DECADE = 8.0
 
 
 @dataclass
@@ -90,6 +110,12 @@ class RangeResult:
     seeds: int = 1
     planned_steps: int = 0  # the sweep's length had it not stopped early
     epoch_steps: int = 0  # steps in one epoch of the trainer
+    lr_ceiling: float = 0.0  # how far above lr_high exploration may go: what the curve shows is safe
+    fall: float = 0.0
+    noise: float = 0.0
+    steps_per_decade: float = 0.0
+    flat_decades: float = 0.0
+    doubts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -272,11 +298,12 @@ def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, 
     smoothed = smooth(losses, smooth_window)
     lowest = int(np.argmin(smoothed))
     slopes = np.gradient(smoothed, np.log10(lrs))
-    steepest = int(np.argmin(slopes[: lowest + 1]))
     start = float(np.median(losses[: max(smooth_window, len(losses) // 10)]))
+    steepest = _steepest_fall(smoothed, slopes, lowest, smooth_window)
     # A dip no deeper than the batch-to-batch noise is not a fall: refuse rather than guess.
     noise = float(np.median(np.abs(np.diff(losses))))
-    if lowest == 0 or slopes[steepest] >= 0 or start - smoothed[lowest] <= 3 * noise:
+    fall = start - float(smoothed[lowest])
+    if lowest == 0 or slopes[steepest] >= 0 or fall <= 3 * noise:
         raise LossNeverFell(
             f"lr_range: the training loss never fell clearly (from {start:.4g} to at best {smoothed[lowest]:.4g}, "
             f"batch noise {noise:.2g})"
@@ -284,13 +311,65 @@ def read_curve(lrs: list[float] | np.ndarray, losses: list[float] | np.ndarray, 
     risen = np.flatnonzero(smoothed[lowest:] >= start)
     diverged = risen.size > 0
     divergence = lowest + int(risen[0]) if diverged else len(lrs) - 1
-    return CurveReading(float(lrs[steepest]), float(lrs[lowest]), float(lrs[divergence]), diverged, smoothed)
+    decades = math.log10(lrs[-1] / lrs[0]) if lrs[-1] > lrs[0] else 0.0
+    return CurveReading(
+        float(lrs[steepest]), float(lrs[lowest]), float(lrs[divergence]), diverged, smoothed,
+        fall=fall, noise=noise, steps_per_decade=len(lrs) / max(decades, 1e-12),
+        flat_decades=_flat_decades(lrs, smoothed, lowest, max(noise, 0.1 * fall)),
+    )
 
 
-def training_range(reading: CurveReading, low_divisor: float = 50.0, high_divisor: float = 20.0) -> tuple[float, float, float]:
-    """`(lr_low, lr_high, suggestion)` for training at a constant rate, below the divergence point."""
-    low, high = reading.divergence_lr / low_divisor, reading.divergence_lr / high_divisor
+def _steepest_fall(smoothed: np.ndarray, slopes: np.ndarray, lowest: int, window: int) -> int:
+    """Where the loss falls fastest on its way down to the minimum.
+
+    Searched only after the last point before the minimum that sits at or above the curve's
+    typical level before it (the median: mostly the plateau), and not within the smoothing window
+    of the first point (padded there, so its slope is made up): a noisy plateau, or first batches
+    far above the others, would otherwise "fall fastest" at the sweep's first rates.
+    """
+    level = float(np.median(smoothed[: lowest + 1]))
+    above = np.flatnonzero(smoothed[:lowest] >= level)
+    first = min(max(int(above[-1]) if above.size else 0, window // 2 + 1), lowest)
+    return first + int(np.argmin(slopes[first: lowest + 1]))
+
+
+def _flat_decades(lrs: np.ndarray, smoothed: np.ndarray, lowest: int, tolerance: float) -> float:
+    """The decades of lr around the minimum over which the smoothed loss stays within `tolerance` of it."""
+    near = smoothed <= smoothed[lowest] + tolerance
+    left = right = lowest
+    while left > 0 and near[left - 1]:
+        left -= 1
+    while right < len(lrs) - 1 and near[right + 1]:
+        right += 1
+    return math.log10(lrs[right] / lrs[left])
+
+
+def optimizer_key(optimizer: str | None, momentum: float) -> str:
+    """The name the reading rule's shifts go by: SGD with momentum reads unlike plain SGD."""
+    name = optimizer or ""
+    return "sgd+momentum" if name == "sgd" and momentum > 0 else name
+
+
+def reading_basis(reading: CurveReading | RangeResult) -> float:
+    """The rate the range is read off: between the divergence point and the loss minimum, nearer
+    the divergence point (`BASIS_WEIGHT`), the combination that fitted the calibration suite best."""
+    return reading.divergence_lr**BASIS_WEIGHT * reading.min_loss_lr ** (1 - BASIS_WEIGHT)
+
+
+def training_range(
+    reading: CurveReading, low_divisor: float = 20.0, high_divisor: float = 10.0, shift: float = 1.0
+) -> tuple[float, float, float]:
+    """`(lr_low, lr_high, suggestion)` for training at a constant rate: the basis divided by the
+    divisors, `shift` times higher for optimizers that train well closer to where their sweep diverges."""
+    basis = reading_basis(reading) * shift
+    low, high = basis / low_divisor, basis / high_divisor
     return low, high, math.sqrt(low * high)
+
+
+def training_ceiling(reading: CurveReading, high: float, ceiling_divisor: float, shift: float = 1.0) -> float:
+    """How high exploration may raise the lr: the (shifted) basis divided by `ceiling_divisor`,
+    never above the divergence point and never below the range's own top `high`."""
+    return max(high, min(reading.divergence_lr, reading_basis(reading) * shift / ceiling_divisor))
 
 
 def median_curve(curves: list[Curve]) -> Curve:
@@ -315,13 +394,16 @@ def _median_at(curves: list[Curve], step: int) -> float:
     return float(np.median(values))
 
 
-# How many times higher the range lies for these optimizers than `lr_range.low_divisor` and
-# `high_divisor` (calibrated on SGD with momentum and Adam) put it. Fixed-rate runs on MNIST-1D
-# (README) train well up to or past where RMSprop's, Adagrad's and Adadelta's sweeps diverge, where
-# SGD's and Adam's bands end 0.7 to 1 decade below it; a likely reason: they divide each step by
-# gradient statistics that a loss spike inflates within a few steps (Adam's beta2 of 0.999 takes a
-# thousand), so a constant rate recovers from the instability that ends a sweep whose rate keeps rising.
-RANGE_SHIFT = {"rmsprop": 8.0, "adagrad": 8.0, "adadelta": 8.0}
+# The reading rule, fitted on the calibration suite (`scripts/calibrate_range.py`, BENCHMARKS.md):
+# 5 model families x 6 optimizers x 2 batch sizes, against the bands of rates that reach a
+# target accuracy in fixed-rate training. The basis is divergence^BASIS_WEIGHT x minimum^(1 - BASIS_WEIGHT);
+# the range is [basis / lr_range.low_divisor, basis / lr_range.high_divisor] for SGD with momentum,
+# `RANGE_SHIFT` times that for the others (per optimizer, never per model; AdamW reads as Adam).
+# Plain SGD's sweep (momentum 0) and the adaptive optimizers' train well closer to where the
+# sweep diverges: they divide each step by gradient statistics that a loss spike inflates within
+# a few steps, so a constant rate recovers from the instability that ends a rising sweep.
+BASIS_WEIGHT = 0.75
+RANGE_SHIFT = {"sgd": 2.5, "adam": 1.1, "adamw": 1.1, "adagrad": 2.5, "adadelta": 10.0, "rmsprop": 3.5}
 
 # How often a sweep whose loss never fell clearly is run again, twice as long each time. Without
 # momentum (Adagrad, Adadelta, plain SGD) a step goes about a tenth as far as with momentum 0.9, so
@@ -395,12 +477,18 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
             "the loss never diverged up to lr_range.lr_max=%g; the range is read off lr_max and may be too low. "
             "Raise lr_range.lr_max.", settings.lr_max
         )
-    shift = RANGE_SHIFT.get(config.trainer.get("optimizer"), 1.0)
-    low, high, point = training_range(reading, settings.low_divisor / shift, settings.high_divisor / shift)
+    shift = RANGE_SHIFT.get(optimizer_key(config.trainer.get("optimizer"), settings.momentum), 1.0)
+    low, high, point = training_range(reading, settings.low_divisor, settings.high_divisor, shift)
     return RangeResult(
         lr_low=low,
         lr_high=high,
         suggestion=point,
+        lr_ceiling=training_ceiling(reading, high, settings.ceiling_divisor, shift),
+        fall=reading.fall,
+        noise=reading.noise,
+        steps_per_decade=reading.steps_per_decade,
+        flat_decades=reading.flat_decades,
+        doubts=reading.doubts(),
         steepest_lr=reading.steepest_lr,
         min_loss_lr=reading.min_loss_lr,
         divergence_lr=reading.divergence_lr,

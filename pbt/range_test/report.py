@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no backend to cho
 from torch.utils.tensorboard import SummaryWriter
 
 from pbt.config import ExperimentConfig
-from pbt.range_test.finder import RangeTest, find_lr_range
+from pbt.range_test.finder import RangeTest, find_lr_range, reading_basis
 from pbt.storage.layout import RANGE_FILE, RANGE_PLOT, TENSORBOARD
 from pbt.storage.store import shown
 
@@ -49,6 +49,9 @@ def range_figure(sweep: RangeTest, title: str) -> Figure:
     axes.axvspan(chosen.lr_low, chosen.lr_high, color="gold", alpha=0.35,
                  label=f"range for training [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]")
     axes.axvline(chosen.suggestion, color="darkgoldenrod", lw=1.5, ls="--", label=f"suggested lr {chosen.suggestion:.3g}")
+    if chosen.lr_ceiling > chosen.lr_high:
+        axes.axvspan(chosen.lr_high, chosen.lr_ceiling, color="gold", alpha=0.12,
+                     label=f"exploration may rise up to {chosen.lr_ceiling:.3g}")
     for lr, style, name in (
         (chosen.steepest_lr, ":", "falls fastest"),
         (chosen.min_loss_lr, "-.", "lowest loss"),
@@ -65,10 +68,10 @@ def range_figure(sweep: RangeTest, title: str) -> Figure:
     axes.legend(loc="lower left", fontsize=8)
     figure.text(
         0.01, -0.02,
-        f"The range for training is the divergence point / {chosen.divergence_lr / chosen.lr_low:.0f} to "
-        f"/ {chosen.divergence_lr / chosen.lr_high:.0f}: a sweep of {chosen.length_text()} sees every feature at a "
-        "higher learning rate\nthan a full run at a constant rate would, so the range sits well below the dip (see README, "
-        "'How the range is read').",
+        f"The range for training is read below a basis between the divergence point and the lowest loss "
+        f"({chosen.lr_high:.3g} = basis / {reading_basis(chosen) / chosen.lr_high:.3g}): a sweep of {chosen.length_text()} "
+        "sees every feature at a higher\nlearning rate than a full run at a constant rate would, so the range sits well "
+        "below the dip (see README, 'How the range is read').",
         fontsize=8, va="top", color="0.3",
     )
     return figure
@@ -119,6 +122,7 @@ def run_range_test(config: ExperimentConfig) -> RangeTest:
 
 
 def print_range_test(sweep: RangeTest, seconds: float) -> None:
+    """The range, the features it was read from and how clearly the curve showed them."""
     chosen = sweep.chosen
     if len(sweep.results) > 1:
         print(f"\n{'weight decay':>12}  {'lr_low':>9}  {'lr_high':>9}  {'diverges at':>11}  stopped because")
@@ -128,11 +132,19 @@ def print_range_test(sweep: RangeTest, seconds: float) -> None:
         for wd, reason in sweep.failures.items():
             print(f"{float(wd):>12g}  no range: {reason}")
     print(f"\nLearning-rate range   [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]   suggested lr {chosen.suggestion:.3g}")
+    if chosen.lr_ceiling > chosen.lr_high:
+        print(f"Exploration ceiling   {chosen.lr_ceiling:.3g} (the population starts in the range and may explore up to it)")
     print(f"Read off the curve    falls fastest at {chosen.steepest_lr:.3g}, lowest at {chosen.min_loss_lr:.3g}, "
           f"diverges at {chosen.divergence_lr:.3g}")
+    if chosen.steps_per_decade:  # a result saved before these were recorded has none
+        minimum = "a sharp minimum" if chosen.flat_decades < 0.1 else f"near its lowest over {chosen.flat_decades:.1f} decades"
+        print(f"Curve                 fell {chosen.fall:.3g} ({chosen.fall / max(chosen.noise, 1e-12):.0f}x its batch noise "
+              f"{chosen.noise:.2g}), {chosen.steps_per_decade:.0f} steps a decade, {minimum}")
     print(f"Weight decay          {chosen.weight_decay:g}")
     print(f"Sweep                 {chosen.length_text()}; it ran {len(chosen.lrs)} steps")
     print(f"Stopped because       {chosen.stop_reason}   ({seconds:.1f} s)")
+    if chosen.doubts:
+        print(f"Warning: the curve is ambiguous: {'; '.join(chosen.doubts)}; look at lr_range.png before trusting the range")
 
 
 class ProgressBar:

@@ -31,7 +31,9 @@ def grid_axes(config: ExperimentConfig, space: SearchSpace) -> dict[str, list[An
     momentum = _momentum_values(config, space, 2 if free >= 8 else 1)
     weight_decay = grid.weight_decay or _ends(space.weight_decay.low, space.weight_decay.high, 2 if free >= 4 else 1, log=True)
     lr_points = max(1, free // (len(momentum) * len(weight_decay)))
-    lr = grid.lr or list(np.geomspace(space.lr.start / grid.lr_span, space.lr.high * grid.lr_span, lr_points))
+    # The range widened `lr_span` each way, and up to the ceiling PBT may explore to: the same space.
+    top = max(space.lr.start_top * grid.lr_span, space.lr.high)
+    lr = grid.lr or list(np.geomspace(space.lr.start / grid.lr_span, top, lr_points))
     axes.update(lr=[float(v) for v in lr], momentum=[float(v) for v in momentum],
                 weight_decay=[float(v) for v in weight_decay])
     return axes

@@ -38,32 +38,39 @@ class Bound:
     high: float
     log: bool
     complement: bool = False
-    start_low: float | None = None  # the population starts (and resamples) in [start_low, high]
+    start_low: float | None = None  # the population starts (and resamples) in [start_low, start_high]
+    start_high: float | None = None
 
     @property
     def start(self) -> float:
         """The low end of where the population starts; exploration may go down to `low`."""
         return self.low if self.start_low is None else self.start_low
 
+    @property
+    def start_top(self) -> float:
+        """The high end of where the population starts; exploration may go up to `high`."""
+        return self.high if self.start_high is None else self.start_high
+
     def perturb(self, value: float, factor: float) -> float:
         return 1 - (1 - value) * factor if self.complement else value * factor
 
     def sample(self, rng: random.Random) -> float:
-        low = self.start
-        if low == self.high:
+        low, high = self.start, self.start_top
+        if low == high:
             return low
         if self.log:
-            return math.exp(rng.uniform(math.log(low), math.log(self.high)))
-        return rng.uniform(low, self.high)
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.uniform(low, high)
 
     def clip(self, value: float) -> float:
         return min(max(value, self.low), self.high)
 
     def domain(self) -> tune.search.sample.Domain:
         """The Ray Tune distribution for the initial population (and for resampling)."""
-        if self.start == self.high:
-            return tune.choice([self.high])
-        return tune.loguniform(self.start, self.high) if self.log else tune.uniform(self.start, self.high)
+        low, high = self.start, self.start_top
+        if low == high:
+            return tune.choice([high])
+        return tune.loguniform(low, high) if self.log else tune.uniform(low, high)
 
 
 NO_MOMENTUM = Bound(0.0, 0.0, log=False)  # what members of an optimizer without momentum carry
@@ -87,16 +94,17 @@ class SearchSpace:
         return {"lr": self.lr, "momentum": self.momentum or NO_MOMENTUM, "weight_decay": self.weight_decay}
 
     def to_dict(self) -> dict[str, dict[str, float | bool]]:
-        return {name: {"low": b.low, "high": b.high, "start_low": b.start, "log": b.log, "complement": b.complement}
-                for name, b in self.searched.items()}
+        return {name: {"low": b.low, "high": b.high, "start_low": b.start, "start_high": b.start_top, "log": b.log,
+                       "complement": b.complement} for name, b in self.searched.items()}
 
 
 def space_from_dict(bounds: dict[str, dict[str, Any]]) -> SearchSpace:
     """The inverse of `SearchSpace.to_dict` (a resumed experiment reads its space from job.json);
     no `momentum` entry: the optimizer has none."""
     def bound(d: dict[str, Any]) -> Bound:
-        start = d.get("start_low", d["low"])
-        return Bound(d["low"], d["high"], d["log"], d.get("complement", False), None if start == d["low"] else start)
+        start, top = d.get("start_low", d["low"]), d.get("start_high", d["high"])  # absent: written before the walls moved
+        return Bound(d["low"], d["high"], d["log"], d.get("complement", False), None if start == d["low"] else start,
+                     None if top == d["high"] else top)
 
     values = {name: bound(values) for name, values in bounds.items()}
     return SearchSpace(values["lr"], values.get("momentum"), values["weight_decay"])
@@ -112,12 +120,16 @@ def search_space(config: ExperimentConfig, sweep: RangeTest | None) -> SearchSpa
     search = config.search
     if search.lr is not None:
         low, high = search.lr.low, search.lr.high
+        ceiling = high  # no curve: nothing shows a higher rate is safe
     elif sweep is not None:
         low, high = sweep.chosen.lr_low, sweep.chosen.lr_high
+        ceiling = max(high, sweep.chosen.lr_ceiling)  # a range saved before ceilings has none
     else:
         raise ValueError("no learning-rate range: give search.lr or run the range test")
-    # Members start inside the range; exploration may anneal below it, never above it.
-    lr = Bound(low / search.lr_anneal_factor, high, log=True, start_low=low)
+    # Members start inside the range; exploration may anneal below it, and rise above it up to the
+    # ceiling the range test read off the curve, so a range that is too careful does not hold the
+    # population below the best rates.
+    lr = Bound(low / search.lr_anneal_factor, ceiling, log=True, start_low=low, start_high=None if ceiling == high else high)
     if search.weight_decay is not None:
         weight_decay = Bound(search.weight_decay.low, search.weight_decay.high, log=True)
     elif sweep is not None and len(sweep.results) > 1 and sweep.chosen_weight_decay > 0:

@@ -142,7 +142,7 @@ def one_cycle_start(config: ExperimentConfig, space: SearchSpace) -> dict[str, f
     """Peak lr (the range's high end unless configured), the momentum bounds' middle, the weight decays' middle."""
     settings = config.one_cycle
     return {
-        "lr": settings.max_lr or space.lr.high,
+        "lr": settings.max_lr or space.lr.start_top,  # the range's top, not the ceiling above it
         "momentum": settings.max_momentum,
         "weight_decay": (space.weight_decay.low * space.weight_decay.high) ** 0.5,
     }

@@ -118,8 +118,10 @@ def prepare_space(config: ExperimentConfig) -> SearchSpace:
     save_config(config)
     print("\nSearch space (the population starts inside it and explores within it; the grid covers it):")
     for name, bound in space.searched.items():  # no momentum line for an optimizer without momentum
-        below = f"; exploration may anneal it down to {bound.low:.3g}" if bound.start > bound.low else ""
-        print(f"  {name:<13} [{bound.start:.3g}, {bound.high:.3g}]{' (log)' if bound.log else ''}{below}")
+        below = f"anneal it down to {bound.low:.3g}" if bound.start > bound.low else ""
+        above = f"raise it up to {bound.high:.3g}" if bound.start_top < bound.high else ""
+        walls = f"; exploration may {' and '.join(filter(None, (below, above)))}" if below or above else ""
+        print(f"  {name:<13} [{bound.start:.3g}, {bound.start_top:.3g}]{' (log)' if bound.log else ''}{walls}")
     return space
 
 
@@ -169,7 +171,7 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
 def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     """Run the one-cycle baseline and print where it ended; returns the number of failed runs."""
     settings = config.one_cycle
-    print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.high:.3g} "
+    print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.start_top:.3g} "
           f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}")
     _, errors = one_cycle_arm(config, space, [arm_progress(config, "one_cycle", "one-cycle", 1)])
     chosen = load_arms(config.experiment_dir)["one_cycle"].chosen

@@ -171,7 +171,11 @@ def optimizer_range(config: ExperimentConfig, name: str) -> dict[str, Any]:
         chosen = find_lr_range(optimizer_config(config, name)).chosen
     except PbtError as err:
         return {"error": str(err)}
-    return {"lr_low": chosen.lr_low, "lr_high": chosen.lr_high, "suggestion": chosen.suggestion}
+    # The features and the median curve too: `scripts/calibrate_range.py` reads them again to fit
+    # and check the rule that turns a curve into a range.
+    return {"lr_low": chosen.lr_low, "lr_high": chosen.lr_high, "suggestion": chosen.suggestion,
+            "steepest_lr": chosen.steepest_lr, "min_loss_lr": chosen.min_loss_lr, "divergence_lr": chosen.divergence_lr,
+            "stop_reason": chosen.stop_reason, "lrs": chosen.lrs, "losses": chosen.losses}
 
 
 def summarize(
