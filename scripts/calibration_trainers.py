@@ -65,17 +65,18 @@ class BatchNormConvNet(torch.nn.Module):
 
 class LoaderTrainer(Trainer):
     """The MNIST-1D CNN fed by a shuffling `DataLoader` from host memory: no `steps_per_epoch`,
-    `loss.item()` per step, no test split."""
+    `loss.item()` per step, no test split. It evaluates as the built-in does, on the same model."""
 
     config_model = MNIST1DConfig
 
     def __init__(self, config: dict[str, Any], device: torch.device) -> None:
         super().__init__(config, device)
         settings = MNIST1DConfig.model_validate(config)
-        data = MNIST1DTrainer(config, torch.device("cpu"))  # the same splits as the built-in
-        self.loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=settings.batch_size, shuffle=True)
-        self.x_val, self.y_val = data.x_val.to(device), data.y_val.to(device)
-        self.model = data.model.to(device)
+        self.built_in = MNIST1DTrainer(config, device)  # the same splits and model as the built-in
+        self.built_in.x_test = self.built_in.y_test = None
+        train = TensorDataset(self.built_in.x_train.cpu(), self.built_in.y_train.cpu())
+        self.loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True)
+        self.model = self.built_in.model
         self.optimizer = make_optimizer(settings.optimizer, self.model.parameters(), nesterov=settings.nesterov)
 
     def batches(self):
@@ -83,18 +84,14 @@ class LoaderTrainer(Trainer):
 
     def train_step(self, batch):
         x, y = (t.to(self.device) for t in batch)
-        loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         self.optimizer.step()
         return loss.item()
 
     def evaluate(self):
-        self.model.eval()
-        with torch.no_grad():
-            logits = self.model(self.x_val)
-        self.model.train()
-        return {"val_loss": F.cross_entropy(logits, self.y_val).item(), "val_acc": (logits.argmax(1) == self.y_val).float().mean().item()}
+        return self.built_in.evaluate()
 
 
 def render_digits(root: Path, train: int, test: int, seed: int = 0) -> None:
