@@ -50,6 +50,13 @@ def test_the_chosen_run_is_picked_by_validation_never_by_test():
     assert arm.schedule == [{"epoch": 2, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}]
 
 
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss_whatever_the_arrival_order():
+    a, b, c = report("a", 2, 0.90, 0.95), report("b", 2, 0.90, 0.80), report("c", 2, 0.90, 0.70)
+    a["val_loss"], b["val_loss"], c["val_loss"] = 0.40, 0.30, 0.30
+    for arrival in ([a, b, c], [c, b, a], [b, c, a]):
+        assert summarize_arm("grid", arrival).chosen["label"] == "b", "b and c tie on loss too: the label decides"
+
+
 def test_failed_runs_are_counted_even_without_reports():
     arm = summarize_arm("grid", [report("a", 1, 0.5, 0.5)], failed=["b"])
     assert arm.failed == ["b"] and arm.runs == 2

@@ -53,8 +53,10 @@ def summarize_arm(name: str, reports: list[dict[str, Any]], failed: list[str] | 
     finals: dict[str, dict[str, Any]] = {}
     for report in reports:
         finals[report["label"]] = report  # the last report of each run
-    ranked = [r for r in finals.values() if r["val_acc"] is not None]
-    chosen = max(ranked, key=lambda r: r["val_acc"], default=None)
+    # Ties in validation accuracy (800 examples: a tie is common) go to the lower validation loss,
+    # then to the label: never to whichever run reported first, so a seeded run chooses the same.
+    ranked = sorted((r for r in finals.values() if r["val_acc"] is not None), key=lambda r: r["label"])
+    chosen = max(ranked, key=lambda r: (r["val_acc"], -_finite(r.get("val_loss"))), default=None)
     curve = best_so_far(reports)
     return ArmSummary(
         name=name,
@@ -76,6 +78,11 @@ def summarize_arm(name: str, reports: list[dict[str, Any]], failed: list[str] | 
             for r in reports if r["label"] == chosen["label"]
         ],
     )
+
+
+def _finite(value: float | None) -> float:
+    """A loss to rank by: missing or non-finite counts as worst."""
+    return value if value is not None and math.isfinite(value) else math.inf
 
 
 def best_so_far(reports: list[dict[str, Any]]) -> list[CurvePoint]:
