@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from pbt.config import LRRangeConfig
-from pbt.range_test.finder import RANGE_SHIFT, read_curve, training_ceiling, training_range
+from pbt.range_test.finder import RANGE_SHIFT, read_curve, read_range
 
 HERE = Path(__file__).resolve().parent
 TRAINERS = HERE / "calibration_trainers.py"
@@ -136,8 +136,7 @@ def features(cell: dict[str, Any]) -> dict[str, float] | None:
 def shipped_range(cell: dict[str, Any], read: dict[str, Any]) -> tuple[float, float, float]:
     """The range pbt's code gives today: `training_range` with the default divisors and `RANGE_SHIFT`
     (its keys are the sweep's optimizer names: `sgd` holds momentum 0 in its range test)."""
-    settings = LRRangeConfig()
-    return training_range(read["reading"], settings.low_divisor, settings.high_divisor, RANGE_SHIFT.get(cell["optimizer"], 1.0))
+    return read_range(read["reading"], LRRangeConfig(), cell["optimizer"])[:3]
 
 
 def score(cell: dict[str, Any], low: float, high: float, suggestion: float) -> tuple[bool, bool]:
@@ -240,9 +239,7 @@ def print_ceiling(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None
     for cell, read in zip(cells, reads):
         if read is None or cell["band"]["low"] is None:
             continue
-        shift = RANGE_SHIFT.get(cell["optimizer"], 1.0)
-        _, high, _ = training_range(read["reading"], settings.low_divisor, settings.high_divisor, shift)
-        ceiling = training_ceiling(read["reading"], high, settings.ceiling_divisor, shift)
+        _, high, _, ceiling = read_range(read["reading"], settings, cell["optimizer"])
         scored += 1
         below_high += cell["fastest"] <= high * 1.0001
         reached += cell["fastest"] <= ceiling * 1.0001

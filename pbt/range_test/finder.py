@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from pbt.config import ExperimentConfig
+from pbt.config import ExperimentConfig, LRRangeConfig
 from pbt.errors import PbtError
 from pbt.optim import set_hyperparams
 from pbt.registry import build_trainer, pick_device
@@ -372,6 +372,14 @@ def training_ceiling(reading: CurveReading, high: float, ceiling_divisor: float,
     return max(high, min(reading.divergence_lr, reading_basis(reading) * shift / ceiling_divisor))
 
 
+def read_range(reading: CurveReading, settings: LRRangeConfig, optimizer: str) -> tuple[float, float, float, float]:
+    """`(lr_low, lr_high, suggestion, ceiling)` by the rule as configured, for an optimizer named
+    as `optimizer_key` names it."""
+    shift = RANGE_SHIFT.get(optimizer, 1.0)
+    low, high, point = training_range(reading, settings.low_divisor, settings.high_divisor, shift)
+    return low, high, point, training_ceiling(reading, high, settings.ceiling_divisor, shift)
+
+
 def median_curve(curves: list[Curve]) -> Curve:
     """The step-wise median of several sweeps with the same schedule (different seeds).
 
@@ -477,13 +485,12 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
             "the loss never diverged up to lr_range.lr_max=%g; the range is read off lr_max and may be too low. "
             "Raise lr_range.lr_max.", settings.lr_max
         )
-    shift = RANGE_SHIFT.get(optimizer_key(config.trainer.get("optimizer"), settings.momentum), 1.0)
-    low, high, point = training_range(reading, settings.low_divisor, settings.high_divisor, shift)
+    low, high, point, ceiling = read_range(reading, settings, optimizer_key(config.trainer.get("optimizer"), settings.momentum))
     return RangeResult(
         lr_low=low,
         lr_high=high,
         suggestion=point,
-        lr_ceiling=training_ceiling(reading, high, settings.ceiling_divisor, shift),
+        lr_ceiling=ceiling,
         fall=reading.fall,
         noise=reading.noise,
         steps_per_decade=reading.steps_per_decade,
