@@ -12,6 +12,7 @@ optimizer, never per model) for the one that scores best over the whole suite.
     python scripts/calibrate_range.py --out calibration            # run what is missing, then report
     python scripts/calibrate_range.py --out calibration --fit      # and search the rules
     python scripts/calibrate_range.py --out calibration --report-only --families mnist1d_cnn
+    python scripts/calibrate_range.py --out calibration --replicate 1 --families mnist1d_cnn,mnist1d_mlp
 
 A cell whose sweep finished is not run again; delete its folder to rerun it.
 """
@@ -61,9 +62,14 @@ BATCH_SIZES = (32, 128)
 OPTIMIZERS = ("sgd", "sgd+momentum", "adam", "adagrad", "adadelta", "rmsprop")
 
 
-def run_cell_group(out: Path, name: str, family: Family, batch: int, rates: int) -> Path:
+def experiment_name(name: str, batch: int, seed: int) -> str:
+    """The sweep's folder under `results/`: seed 0 keeps the name the first sweeps were stored under."""
+    return f"{name}_b{batch}" if seed == 0 else f"{name}_b{batch}_s{seed}"
+
+
+def run_cell_group(out: Path, name: str, family: Family, batch: int, rates: int, seed: int = 0) -> Path:
     """`pbt sweep` of every optimizer for one family and batch size; returns its `sweep.json`."""
-    experiment = f"{name}_b{batch}"
+    experiment = experiment_name(name, batch, seed)
     summary = out / "results" / experiment / "sweep.json"
     if summary.is_file():
         return summary
@@ -72,7 +78,7 @@ def run_cell_group(out: Path, name: str, family: Family, batch: int, rates: int)
         trainer["data_dir"] = str(ensure_digits(out))
     config = out / f"{experiment}.yaml"
     config.write_text(yaml.safe_dump({
-        "name": experiment, "trainable": family.trainable, "trainer": trainer, "storage_path": str(out / "results"),
+        "name": experiment, "seed": seed, "trainable": family.trainable, "trainer": trainer, "storage_path": str(out / "results"),
         "lr_range": {"seeds": 3},
         "sweep": {"rates": rates, "lr_min": 1e-5, "lr_max": 100.0, "target": family.target,
                   "max_epochs": family.max_epochs, "max_seconds": 1e6, "optimizers": list(OPTIMIZERS)},
@@ -248,6 +254,54 @@ def print_ceiling(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None
           f"{reached}/{scored}; a fixed rate at or below the ceiling diverged in {diverged}/{scored}")
 
 
+def load_suite(out: Path, families: list[str], batches: list[int], seed: int, run: bool, rates: int) -> list[dict[str, Any]]:
+    """The cells of every finished sweep of one seed (running the missing ones first when `run`)."""
+    cells: list[dict[str, Any]] = []
+    for name in families:
+        for batch in batches:
+            summary = out / "results" / experiment_name(name, batch, seed) / "sweep.json"
+            if run:
+                summary = run_cell_group(out, name, FAMILIES[name], batch, rates, seed)
+            if summary.is_file():
+                cells += load_cells(summary, name, batch)
+    return cells
+
+
+def print_replicate(first: list[dict[str, Any]], again: list[dict[str, Any]], seed: int) -> None:
+    """How far a second seed's brute force and range test agree with the first's: the noise floor
+    of the scores. A perfect rule is still judged against one seed's band and fastest rate."""
+    mine = {(c["family"], c["batch"], c["optimizer"]): c for c in again}
+    pairs = [(c, mine[key]) for c in first if (key := (c["family"], c["batch"], c["optimizer"])) in mine
+             and c["band"]["low"] is not None and mine[key]["band"]["low"] is not None]
+    if not pairs:
+        print(f"\nNo cell has a band at both seed 0 and seed {seed}")
+        return
+    near = centred = rule_inside = rule_near = drift_count = 0
+    drifts = []
+    for cell, other in pairs:
+        fastest = other["fastest"]
+        near += 0.5 <= fastest / cell["fastest"] <= 2.0
+        centred += score(cell, fastest / math.sqrt(2), fastest * math.sqrt(2), fastest)[0]
+        read, read_again = features(cell), features(other)
+        if read is None or read_again is None:
+            continue
+        found = score(cell, *shipped_range(other, read_again))
+        rule_inside, rule_near = rule_inside + found[0], rule_near + found[1]
+        drifts.append(abs(math.log2(shipped_range(other, read_again)[1] / shipped_range(cell, read)[1])))
+        drift_count += 1
+    total = len(pairs)
+    print(f"\nSeed {seed} against seed 0, over the {total} cells with a band at both:")
+    print(f"- seed {seed}'s fastest rate is within 2x of seed 0's in {near}/{total} ({near / total:.0%}): the most a "
+          "suggestion can expect against one seed's fastest rate")
+    print(f"- a range of width 2 centred on seed {seed}'s fastest rate lies inside seed 0's band in {centred}/{total} "
+          f"({centred / total:.0%})")
+    if drift_count:
+        print(f"- today's rule, read off seed {seed}'s range test and scored against seed 0's sweep: inside "
+              f"{rule_inside}/{drift_count} ({rule_inside / drift_count:.0%}), within 2x {rule_near}/{drift_count} "
+              f"({rule_near / drift_count:.0%}); its lr_high moved by a median {2 ** float(np.median(drifts)):.2f}x "
+              f"between the seeds (at most {2 ** max(drifts):.2f}x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("calibration"))
@@ -256,17 +310,17 @@ def main() -> int:
     parser.add_argument("--rates", type=int, default=29, help="learning rates from 1e-5 to 100 (29: 4 a decade)")
     parser.add_argument("--report-only", action="store_true", help="report the finished sweeps; run nothing")
     parser.add_argument("--fit", action="store_true", help="also search the rules for the best-scoring one")
+    parser.add_argument("--replicate", type=int, metavar="SEED",
+                        help="run (or read) the sweeps again with this seed and compare them with seed 0's: the noise floor")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cells: list[dict[str, Any]] = []
-    for name in args.families.split(","):
-        for batch in map(int, args.batches.split(",")):
-            summary = out / "results" / f"{name}_b{batch}" / "sweep.json"
-            if not args.report_only:
-                summary = run_cell_group(out, name, FAMILIES[name], batch, args.rates)
-            if summary.is_file():
-                cells += load_cells(summary, name, batch)
+    families, batches = args.families.split(","), [int(batch) for batch in args.batches.split(",")]
+    if args.replicate:
+        again = load_suite(out, families, batches, args.replicate, not args.report_only, args.rates)
+        print_replicate(load_suite(out, families, batches, 0, False, args.rates), again, args.replicate)
+        return 0
+    cells = load_suite(out, families, batches, 0, not args.report_only, args.rates)
     reads = [features(cell) for cell in cells]
     before = [(c["test"]["lr_low"], c["test"]["lr_high"], c["test"]["suggestion"]) if "lr_low" in c["test"] else None
               for c in cells]
