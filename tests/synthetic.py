@@ -66,6 +66,14 @@ class QuadraticTrainer(Trainer):
         return {"val_loss": float(0.5 * (error**2).mean()), "val_acc": float((error.abs() < 0.1).float().mean())}
 
 
+class AdagradQuadraticTrainer(QuadraticTrainer):
+    """The quadratic trained with Adagrad that no setting names: a user's trainer that builds its own optimizer."""
+
+    def __init__(self, config: dict[str, Any], device: torch.device) -> None:
+        super().__init__(config, device)
+        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=0.01)
+
+
 class PlateauTrainer(QuadraticTrainer):
     """A loss on a plateau: it starts to fall only once the learning rates of the steps so far add up
     to `plateau`, falls by `gain` per unit beyond, and climbs once the rate passes 1; plus seeded

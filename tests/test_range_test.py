@@ -11,7 +11,7 @@ import synthetic
 import torch
 from synthetic import QuadraticTrainer
 
-from pbt.config import validate_config
+from pbt.config import LRRangeConfig, validate_config
 from pbt.errors import PbtError
 from pbt.optim import get_hyperparams, set_hyperparams
 from pbt.range_test.finder import (
@@ -24,8 +24,10 @@ from pbt.range_test.finder import (
     median_curve,
     optimizer_key,
     read_curve,
+    read_range,
     reading_basis,
     record_curve,
+    shift_text,
     smooth,
     training_ceiling,
     training_range,
@@ -269,20 +271,35 @@ def test_a_sweep_length_set_in_the_config_is_kept():
 
 
 def test_each_optimizer_reads_the_same_curve_with_its_own_shift():
-    # The same curve (the quadratic trainer ignores `optimizer`), read for plain SGD (the test holds
-    # momentum 0), Adam and Adadelta: each range is its optimizer's shift times the same basis.
-    ranges = {
-        optimizer: find_lr_range(validate_config({**QUADRATIC, "trainer": {"optimizer": optimizer},
-                                                  "lr_range": QUADRATIC_RANGE})).chosen
-        for optimizer in ("sgd", "adam", "adadelta")
-    }
-    assert optimizer_key("sgd", QUADRATIC_RANGE["momentum"]) == "sgd" and optimizer_key("sgd", 0.9) == "sgd+momentum"
-    assert len({result.divergence_lr for result in ranges.values()}) == 1
-    for name in ("adam", "adadelta"):
-        ratio = RANGE_SHIFT[name] / RANGE_SHIFT["sgd"]
-        assert ranges[name].lr_low == pytest.approx(ratio * ranges["sgd"].lr_low)
-        assert ranges[name].lr_high == pytest.approx(ratio * ranges["sgd"].lr_high)
-    assert ranges["adadelta"].lr_high > ranges["sgd"].lr_high > ranges["adam"].lr_high
+    # One curve read for plain SGD, SGD with momentum, Adam, Adadelta and an optimizer the rule was
+    # never calibrated on: each range is its optimizer's shift times the same basis.
+    reading = read_curve(*_curve_falling_at(0.01))
+    settings = LRRangeConfig()
+    ranges = {key: read_range(reading, settings, key) for key in ("sgd", "sgd+momentum", "adam", "adadelta", "nadam")}
+    assert optimizer_key("sgd", 0.0) == "sgd" and optimizer_key("SGD", 0.9) == "sgd+momentum"
+    assert optimizer_key("NAdam", 0.9) == "nadam"
+    for name, shift in (("sgd", RANGE_SHIFT["sgd"]), ("adam", RANGE_SHIFT["adam"]), ("adadelta", RANGE_SHIFT["adadelta"]),
+                        ("nadam", 1.0)):
+        assert ranges[name][0] == pytest.approx(shift * ranges["sgd+momentum"][0])
+        assert ranges[name][1] == pytest.approx(shift * ranges["sgd+momentum"][1])
+    assert shift_text("nadam") == "nadam: not calibrated, read as SGD with momentum"
+    assert shift_text("adadelta") == "adadelta: the range x10 that of SGD with momentum (calibrated)"
+
+
+def test_the_range_is_read_for_the_optimizer_the_trainer_built():
+    # A trainer of the user's own builds Adagrad and no setting names it: the range test reads its
+    # curve with Adagrad's shift. A trainer that ignores `trainer.optimizer` is read for what it built.
+    own = validate_config({"trainable": f"{Path(synthetic.__file__)}:AdagradQuadraticTrainer", "lr_range": QUADRATIC_RANGE})
+    result = find_lr_range(own).chosen
+    assert result.read_as == "adagrad"
+    assert result.lr_high == pytest.approx(RANGE_SHIFT["adagrad"] * reading_basis(result) / own.lr_range.high_divisor)
+    named = validate_config({**QUADRATIC, "trainer": {"optimizer": "adam"}, "lr_range": QUADRATIC_RANGE})
+    assert find_lr_range(named).chosen.read_as == "sgd"  # it built SGD; the range test held momentum 0
+
+
+def _curve_falling_at(centre: float) -> tuple[np.ndarray, np.ndarray]:
+    lrs = np.geomspace(1e-6, 10, 140)
+    return lrs, _fall_at(lrs, centre)
 
 
 def _fall_at(lrs: np.ndarray, centre: float, depth: float = 1.3, start: float = 2.3) -> np.ndarray:
@@ -355,10 +372,11 @@ def test_lr_find_prints_the_features_it_read_and_one_line_of_doubt(capsys):
 
     result = RangeResult(0.01, 0.025, 0.0158, 0.1, 0.3, 0.5, "loss diverged", 0.0, [1e-3, 1.0], [2.3, 2.4], [2.3, 2.4],
                          lr_ceiling=0.1, fall=0.05, noise=0.01, steps_per_decade=14.0, flat_decades=0.4,
-                         doubts=["no clear fall (the loss fell 5.0x its batch noise)"])
+                         doubts=["no clear fall (the loss fell 5.0x its batch noise)"], read_as="rmsprop")
     print_range_test(RangeTest([result], 0.0), seconds=1.0)
     out = capsys.readouterr().out
     assert "Exploration ceiling   0.1 (the population starts in the range and may explore up to it)" in out
+    assert "Read for              rmsprop: the range x3.5 that of SGD with momentum (calibrated)" in out
     assert "Curve                 fell 0.05 (5x its batch noise 0.01), 14 steps a decade, near its lowest over 0.4 decades" in out
     warnings = [line for line in out.splitlines() if line.startswith("Warning:")]
     assert warnings == ["Warning: the curve is ambiguous: no clear fall (the loss fell 5.0x its batch noise); "

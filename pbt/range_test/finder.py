@@ -53,6 +53,7 @@ class Curve:
     stop_reason: str
     planned_steps: int = 0  # the sweep's length had it not stopped early
     epoch_steps: int = 0  # steps in one epoch of the trainer
+    optimizer: str = ""  # the class of the trainer's optimizer, lower case (`sgd`, `adam`, `nadam`, ...)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class RangeResult:
     planned_steps: int = 0  # the sweep's length had it not stopped early
     epoch_steps: int = 0  # steps in one epoch of the trainer
     lr_ceiling: float = 0.0  # how far above lr_high exploration may go: what the curve shows is safe
+    read_as: str = ""  # the optimizer whose shift the rule applied (`optimizer_key`); "" before it was recorded
     fall: float = 0.0
     noise: float = 0.0
     steps_per_decade: float = 0.0
@@ -188,6 +190,7 @@ def record_curve(
         set_hyperparams(trainer.optimizer, momentum=momentum, weight_decay=weight_decay)
         curve = _sweep(trainer, lrs, diverge_factor, smooth_window, on_step)
     curve.planned_steps, curve.epoch_steps = steps, epoch_steps
+    curve.optimizer = type(trainer.optimizer).__name__.lower()
     return curve
 
 
@@ -345,9 +348,19 @@ def _flat_decades(lrs: np.ndarray, smoothed: np.ndarray, lowest: int, tolerance:
 
 
 def optimizer_key(optimizer: str | None, momentum: float) -> str:
-    """The name the reading rule's shifts go by: SGD with momentum reads unlike plain SGD."""
-    name = optimizer or ""
+    """The name the reading rule's shifts go by: SGD with momentum reads unlike plain SGD.
+    `optimizer` is a `trainer.optimizer` setting or a torch optimizer's class name, any case."""
+    name = (optimizer or "").lower()
     return "sgd+momentum" if name == "sgd" and momentum > 0 else name
+
+
+def shift_text(read_as: str) -> str:
+    """How the rule read the curve for an optimizer, in words: its calibrated shift, or none."""
+    if read_as == "sgd+momentum":
+        return "SGD with momentum (the rule's reference)"
+    if read_as in RANGE_SHIFT:
+        return f"{read_as}: the range x{RANGE_SHIFT[read_as]:g} that of SGD with momentum (calibrated)"
+    return f"{read_as or 'an unnamed optimizer'}: not calibrated, read as SGD with momentum"
 
 
 def reading_basis(reading: CurveReading | RangeResult) -> float:
@@ -393,7 +406,7 @@ def median_curve(curves: list[Curve]) -> Curve:
     medians = [_median_at(curves, i) for i in range(keep)]
     lrs = max(curves, key=lambda c: len(c.lrs)).lrs[:keep]
     return Curve(lrs, medians, " / ".join(sorted({c.stop_reason for c in curves})), curves[0].planned_steps,
-                 curves[0].epoch_steps)
+                 curves[0].epoch_steps, curves[0].optimizer)
 
 
 def _median_at(curves: list[Curve], step: int) -> float:
@@ -485,12 +498,15 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
             "the loss never diverged up to lr_range.lr_max=%g; the range is read off lr_max and may be too low. "
             "Raise lr_range.lr_max.", settings.lr_max
         )
-    low, high, point, ceiling = read_range(reading, settings, optimizer_key(config.trainer.get("optimizer"), settings.momentum))
+    # The optimizer the trainer really built: a trainer of the user's own may ignore `trainer.optimizer`.
+    read_as = optimizer_key(curve.optimizer or config.trainer.get("optimizer"), settings.momentum)
+    low, high, point, ceiling = read_range(reading, settings, read_as)
     return RangeResult(
         lr_low=low,
         lr_high=high,
         suggestion=point,
         lr_ceiling=ceiling,
+        read_as=read_as,
         fall=reading.fall,
         noise=reading.noise,
         steps_per_decade=reading.steps_per_decade,

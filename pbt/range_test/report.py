@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no backend to cho
 from torch.utils.tensorboard import SummaryWriter
 
 from pbt.config import ExperimentConfig
-from pbt.range_test.finder import RangeTest, find_lr_range, reading_basis
+from pbt.range_test.finder import RangeTest, find_lr_range, reading_basis, shift_text
 from pbt.storage.layout import RANGE_FILE, RANGE_PLOT, TENSORBOARD
 from pbt.storage.store import shown
 
@@ -136,6 +136,8 @@ def print_range_test(sweep: RangeTest, seconds: float) -> None:
         print(f"Exploration ceiling   {chosen.lr_ceiling:.3g} (the population starts in the range and may explore up to it)")
     print(f"Read off the curve    falls fastest at {chosen.steepest_lr:.3g}, lowest at {chosen.min_loss_lr:.3g}, "
           f"diverges at {chosen.divergence_lr:.3g}")
+    if chosen.read_as:  # a result saved before it was recorded has none
+        print(f"Read for              {shift_text(chosen.read_as)}")
     if chosen.steps_per_decade:  # a result saved before these were recorded has none
         minimum = "a sharp minimum" if chosen.flat_decades < 0.1 else f"near its lowest over {chosen.flat_decades:.1f} decades"
         print(f"Curve                 fell {chosen.fall:.3g} ({chosen.fall / max(chosen.noise, 1e-12):.0f}x its batch noise "
