@@ -22,8 +22,8 @@ def curve() -> dict:
     return {"lrs": lrs[:stop].tolist(), "losses": losses[:stop].tolist(), "lr_low": 0.01, "lr_high": 0.02, "suggestion": 0.014}
 
 
-def band(low: float, high: float, fastest: float) -> dict:
-    return {"reached": 3, "runs": 29, "low": low, "high": high, "outside": [],
+def band(low: float, high: float, fastest: float, reached: int = 3) -> dict:
+    return {"reached": reached, "runs": 29, "low": low, "high": high, "outside": [],
             "fastest": {"lr": fastest, "epochs_to_target": 4, "seconds_to_target": 1.0}}
 
 
@@ -70,3 +70,24 @@ def test_the_tables_score_each_cell_against_its_band(tmp_path):
     assert rows[0].endswith("| yes | yes |") and "| sgd+momentum |" in rows[0]
     assert rows[1].endswith("| no | no |") and "| adam |" in rows[1]
     assert "range inside the band in 1/2 cells (50%)" in report
+
+
+def test_bands_are_re_derived_at_a_lower_target_from_the_stored_reports(tmp_path):
+    # mnist1d_mlp's target is 50% in 30 epochs. Only lr 0.01 reached it; the best accuracy any run
+    # had after epoch 1 (1/30 of the budget) is 45%, which lr 0.001 reaches too, at epoch 10.
+
+    write_sweep(tmp_path, "mnist1d_mlp_b32", {"adam": band(0.01, 0.01, 0.01, reached=1)})
+    def report(lr: float, epoch: int, acc: float, diverged: bool = False) -> dict:
+        return {"label": f"001 adam lr={lr:.3g}", "lr": lr, "epoch": epoch, "val_acc": None if diverged else acc,
+                "diverged": diverged, "compute_seconds": 0.1}
+    slow = [report(0.001, epoch, 0.3 + 0.016 * (epoch - 1)) for epoch in range(1, 31)]
+    fast = [report(0.01, 1, 0.45), report(0.01, 2, 0.55)]
+    reports = tmp_path / "results" / "mnist1d_mlp_b32" / "sweep" / "reports.jsonl"
+    reports.parent.mkdir()
+    reports.write_text("".join(json.dumps(r) + "\n" for r in [*slow, *fast, report(0.1, 1, 0.0, diverged=True)]))
+    lowered = calibrate(tmp_path, "--target-epochs", "0.034")
+    assert "mnist1d_mlp batch 32: target 0.450 (the best run's at 0.034 of 30 epochs; the family's own 0.5)" in lowered
+    rows = [line for line in lowered.splitlines() if line.startswith("| mnist1d_mlp | 32 | adam |")]
+    assert rows and all("| [0.001, 0.01] (2) | 0.01 |" in row for row in rows), lowered
+    assert all("| [0.01, 0.01] (1) | 0.01 |" in row for row in calibrate(tmp_path).splitlines()
+               if row.startswith("| mnist1d_mlp | 32 | adam |"))
