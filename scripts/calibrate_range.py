@@ -333,6 +333,7 @@ def print_replicate(first: list[dict[str, Any]], again: list[dict[str, Any]], se
         drifts.append(abs(math.log2(shipped_range(other, read_again)[1] / shipped_range(cell, read)[1])))
         drift_count += 1
     total = len(pairs)
+    own = [own_score([cell for cell, _ in pairs]), own_score([other for _, other in pairs])]
     print(f"\nSeed {seed} against seed 0, over the {total} cells with a band at both:")
     print(f"- seed {seed}'s fastest rate is within 2x of seed 0's in {near}/{total} ({near / total:.0%}): the most a "
           "suggestion can expect against one seed's fastest rate")
@@ -343,6 +344,19 @@ def print_replicate(first: list[dict[str, Any]], again: list[dict[str, Any]], se
               f"{rule_inside}/{drift_count} ({rule_inside / drift_count:.0%}), within 2x {rule_near}/{drift_count} "
               f"({rule_near / drift_count:.0%}); its lr_high moved by a median {2 ** float(np.median(drifts)):.2f}x "
               f"between the seeds (at most {2 ** max(drifts):.2f}x)")
+    print(f"- today's rule on each seed's own range tests and sweeps: inside {own[0][0]}/{own[0][2]} and {own[1][0]}/{own[1][2]}, "
+          f"within 2x {own[0][1]}/{own[0][2]} and {own[1][1]}/{own[1][2]} (seed 0, seed {seed}): what chance moves a score by")
+
+
+def own_score(cells: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(inside, within 2x, cells read) of today's rule on cells scored against their own sweep."""
+    inside = near = read = 0
+    for cell in cells:
+        found = features(cell)
+        if found is not None:
+            hit = score(cell, *shipped_range(cell, found))
+            inside, near, read = inside + hit[0], near + hit[1], read + 1
+    return inside, near, read
 
 
 def main() -> int:

@@ -52,6 +52,8 @@ def test_the_replicate_report_counts_how_often_a_second_seed_agrees_with_the_fir
     assert "centred on seed 1's fastest rate lies inside seed 0's band in 1/2 (50%)" in report
     # Both seeds share one range-test curve here, so the rule's range did not move between them.
     assert "its lr_high moved by a median 1.00x between the seeds (at most 1.00x)" in report
+    assert "- today's rule on each seed's own range tests and sweeps: inside " in report
+    assert "(seed 0, seed 1): what chance moves a score by" in report
 
 
 def test_the_replicate_report_says_when_no_cell_has_a_band_at_both_seeds(tmp_path):
