@@ -217,7 +217,7 @@ def table(cells: list[dict[str, Any]], ranges: list[tuple[float, float, float] |
     return inside_count, near_count, scored
 
 
-def fit(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None]) -> dict[str, Any]:
+def fit(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None], bases: tuple[str, ...] = BASES) -> dict[str, Any]:
     """The rule of the shipped shape that scores best over the scored cells: for one basis (a
     feature of the curve) and one width, per optimizer the position of the range's top relative
     to the basis (the same for every family and batch size). Score: cells whose range lies inside
@@ -226,7 +226,7 @@ def fit(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None]) -> dict
     scored = [(cell, read) for cell, read in zip(cells, reads) if read is not None and cell["band"]["low"] is not None]
     positions = np.geomspace(1e-3, 10, 81)
     best: dict[str, Any] | None = None
-    for basis, width in itertools.product(BASES, (2.0, 2.5, 3.0)):
+    for basis, width in itertools.product(bases, (2.0, 2.5, 3.0)):
         total, chosen = 0.0, {}
         for optimizer in OPTIMIZERS:
             mine = [(cell, read[basis]) for cell, read in scored if cell["optimizer"] == optimizer]
@@ -254,12 +254,12 @@ def rule_range(cell: dict[str, Any], read: dict[str, Any], rule: dict[str, Any])
     return high / rule["width"], high, high / math.sqrt(rule["width"])
 
 
-def held_out(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None]) -> tuple[int, int, int]:
+def held_out(cells: list[dict[str, Any]], reads: list[dict[str, Any] | None], bases: tuple[str, ...] = BASES) -> tuple[int, int, int]:
     """Each family read with the rule fitted on the other families: how the rule may fare on a model it never saw."""
     inside = near = scored = 0
     for family in sorted({cell["family"] for cell in cells}):
         others = [(c, r) for c, r in zip(cells, reads) if c["family"] != family]
-        rule = fit([c for c, _ in others], [r for _, r in others])
+        rule = fit([c for c, _ in others], [r for _, r in others], bases)
         for cell, read in zip(cells, reads):
             if cell["family"] == family and read is not None and cell["band"]["low"] is not None:
                 found = score(cell, *rule_range(cell, read, rule))
@@ -367,6 +367,7 @@ def main() -> int:
     parser.add_argument("--rates", type=int, default=29, help="learning rates from 1e-5 to 100 (29: 4 a decade)")
     parser.add_argument("--report-only", action="store_true", help="report the finished sweeps; run nothing")
     parser.add_argument("--fit", action="store_true", help="also search the rules for the best-scoring one")
+    parser.add_argument("--bases", default=",".join(BASES), help="the features --fit searches, of: " + ", ".join(BASES))
     parser.add_argument("--target-epochs", type=float, metavar="FRACTION",
                         help="score against bands re-derived at a lower target: the best run's accuracy at this fraction of the epochs")
     parser.add_argument("--replicate", type=int, metavar="SEED",
@@ -391,7 +392,8 @@ def main() -> int:
         print(f"\nband top / divergence point over {len(ratios)} cells: min {ratios[0]:.3g}, 10th percentile "
               f"{ratios[len(ratios) // 10]:.3g}, median {ratios[len(ratios) // 2]:.3g}")
     if args.fit:
-        rule = fit(cells, reads)
+        bases = tuple(args.bases.split(","))
+        rule = fit(cells, reads, bases)
         print(f"\nbest rule of the shipped shape over all cells: {json.dumps(rule)}")
         table(cells, [rule_range(c, r, rule) if r else None for c, r in zip(cells, reads)], "With that rule")
         headroom = sorted(c["band"]["high"] / rule_range(c, r, rule)[1] for c, r in zip(cells, reads)
@@ -400,7 +402,7 @@ def main() -> int:
         print(f"\nband top / that rule's lr_high over {len(headroom)} cells: min {headroom[0]:.3g}, 10th percentile "
               f"{tenth:.3g}, median {headroom[len(headroom) // 2]:.3g}: a ceiling of lr_high x {max(tenth, 1.0):.3g} stays "
               "inside the band in 90% of the cells")
-        inside, near, scored = held_out(cells, reads)
+        inside, near, scored = held_out(cells, reads, bases)
         print(f"\nEach family read by the rule fitted on the others: inside {inside}/{scored} ({inside / max(scored, 1):.0%}), "
               f"within 2x {near}/{scored} ({near / max(scored, 1):.0%})")
     return 0
