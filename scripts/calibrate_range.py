@@ -319,7 +319,10 @@ def print_replicate(first: list[dict[str, Any]], again: list[dict[str, Any]], se
     if not pairs:
         print(f"\nNo cell has a band at both seed 0 and seed {seed}")
         return
-    near = centred = rule_inside = rule_near = drift_count = 0
+    near = centred = 0
+    # Today's rule per cell with a curve at both seeds: seed 1's range on seed 0's sweep, then each
+    # seed's range on its own sweep, as (inside, within 2x) counts.
+    cross, own_first, own_again = [0, 0], [0, 0], [0, 0]
     drifts = []
     for cell, other in pairs:
         fastest = other["fastest"]
@@ -328,35 +331,25 @@ def print_replicate(first: list[dict[str, Any]], again: list[dict[str, Any]], se
         read, read_again = features(cell), features(other)
         if read is None or read_again is None:
             continue
-        found = score(cell, *shipped_range(other, read_again))
-        rule_inside, rule_near = rule_inside + found[0], rule_near + found[1]
-        drifts.append(abs(math.log2(shipped_range(other, read_again)[1] / shipped_range(cell, read)[1])))
-        drift_count += 1
-    total = len(pairs)
-    own = [own_score([cell for cell, _ in pairs]), own_score([other for _, other in pairs])]
+        first_range, again_range = shipped_range(cell, read), shipped_range(other, read_again)
+        for tally, hit in ((cross, score(cell, *again_range)), (own_first, score(cell, *first_range)),
+                           (own_again, score(other, *again_range))):
+            tally[0], tally[1] = tally[0] + hit[0], tally[1] + hit[1]
+        drifts.append(abs(math.log2(again_range[1] / first_range[1])))
+    total, read_both = len(pairs), len(drifts)
     print(f"\nSeed {seed} against seed 0, over the {total} cells with a band at both:")
     print(f"- seed {seed}'s fastest rate is within 2x of seed 0's in {near}/{total} ({near / total:.0%}): the most a "
           "suggestion can expect against one seed's fastest rate")
     print(f"- a range of width 2 centred on seed {seed}'s fastest rate lies inside seed 0's band in {centred}/{total} "
           f"({centred / total:.0%})")
-    if drift_count:
+    if read_both:
         print(f"- today's rule, read off seed {seed}'s range test and scored against seed 0's sweep: inside "
-              f"{rule_inside}/{drift_count} ({rule_inside / drift_count:.0%}), within 2x {rule_near}/{drift_count} "
-              f"({rule_near / drift_count:.0%}); its lr_high moved by a median {2 ** float(np.median(drifts)):.2f}x "
+              f"{cross[0]}/{read_both} ({cross[0] / read_both:.0%}), within 2x {cross[1]}/{read_both} "
+              f"({cross[1] / read_both:.0%}); its lr_high moved by a median {2 ** float(np.median(drifts)):.2f}x "
               f"between the seeds (at most {2 ** max(drifts):.2f}x)")
-    print(f"- today's rule on each seed's own range tests and sweeps: inside {own[0][0]}/{own[0][2]} and {own[1][0]}/{own[1][2]}, "
-          f"within 2x {own[0][1]}/{own[0][2]} and {own[1][1]}/{own[1][2]} (seed 0, seed {seed}): what chance moves a score by")
-
-
-def own_score(cells: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """(inside, within 2x, cells read) of today's rule on cells scored against their own sweep."""
-    inside = near = read = 0
-    for cell in cells:
-        found = features(cell)
-        if found is not None:
-            hit = score(cell, *shipped_range(cell, found))
-            inside, near, read = inside + hit[0], near + hit[1], read + 1
-    return inside, near, read
+        print(f"- today's rule on each seed's own range tests and sweeps: inside {own_first[0]}/{read_both} and "
+              f"{own_again[0]}/{read_both}, within 2x {own_first[1]}/{read_both} and {own_again[1]}/{read_both} "
+              f"(seed 0, seed {seed}): what chance moves a score by")
 
 
 def main() -> int:

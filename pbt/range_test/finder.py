@@ -499,7 +499,7 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
             "Raise lr_range.lr_max.", settings.lr_max
         )
     # The optimizer the trainer really built: a trainer of the user's own may ignore `trainer.optimizer`.
-    read_as = optimizer_key(curve.optimizer or config.trainer.get("optimizer"), settings.momentum)
+    read_as = optimizer_key(curve.optimizer, settings.momentum)
     low, high, point, ceiling = read_range(reading, settings, read_as)
     return RangeResult(
         lr_low=low,
