@@ -15,8 +15,9 @@ from pbt.engines.common import METRIC, member_configs, member_reports
 class PopulationProgress(tune.Callback):
     """Prints one line when the best member improves or every `every_seconds`, never more often.
 
-    Progress is epochs trained against the budget (runs x epochs) and runs finished; PBT members
-    that copy a donor may train some epochs twice, so epochs trained can exceed the budget.
+    Progress is epochs trained against the budget (runs x epochs) and runs finished. No PBT member
+    trains an epoch twice (a copier continues at its donor's epoch, never behind its own), so epochs
+    trained never pass the budget; asynchronous PBT (`population.synch: false`) may stay under it.
     """
 
     def __init__(
@@ -28,7 +29,7 @@ class PopulationProgress(tune.Callback):
         self.started = time.monotonic()
         self.last_print = 0.0
         # A resumed arm goes on counting from its reports before the stop (pbt.reporting.records).
-        self.executed = sum(r["epochs_executed"] for r in earlier)  # clones' repeated epochs included
+        self.executed = sum(r["epochs_executed"] for r in earlier)
         self.diverged = sum(bool(r["diverged"]) for r in earlier)
         last_epochs: dict[str, int] = {}
         for report in earlier:

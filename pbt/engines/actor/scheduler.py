@@ -2,12 +2,15 @@
 
 Only the explore step is ours (`pbt.search.space.explore`); truncation selection, exploit through
 checkpoints and the policy log (`pbt_global.txt`, copied to `exploits.jsonl`) are Ray's. `_get_new_config` is the hook Ray's
-own PB2 scheduler overrides for the same purpose. One scheduling decision is changed, for
-clusters: see `keep_running`.
+own PB2 scheduler overrides for the same purpose. Two decisions of Ray's asynchronous mode are
+changed: a member never copies a checkpoint older than its own epoch (see `_checkpoint_or_exploit`),
+and on clusters a member that has a slot goes on (see `keep_running`). The default is Ray's
+synchronous mode (`population.synch`), which ranks every member at the same epoch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterable, Mapping
@@ -23,12 +26,14 @@ from pbt.search.space import SearchSpace, explore
 from pbt.storage.layout import POLICY_LOG
 
 log = logging.getLogger(EXPLOIT_LOGGER)  # a fixed name: `pbt` prints what it logs
+debug = logging.getLogger(__name__)
 
 
 class ClippedPBT(PopulationBasedTraining):
     """PBT whose explore step never leaves the bounds of the search space, and says what it did.
 
-    `exploit_log`, when set, receives a copy of each line Ray writes to its policy log. Ray's own
+    `exploit_log`, when set, receives a copy of each line Ray writes to its policy log (with the
+    epochs corrected, see `_log_config_on_step`). Ray's own
     file starts over when the experiment is restored (`pbt resume`: the restored scheduler knows
     nothing of the exploits before), so only the copy holds every exploit of an interrupted run.
     """
@@ -62,18 +67,42 @@ class ClippedPBT(PopulationBasedTraining):
         )
         # The member keeps its own identity (and seed); only weights and hyperparameters move.
         new_config["member"] = trial.config["member"]
+        # The epoch of the donor's checkpoint (its last perturbation), not of its latest result.
         log.info("member %s copies member %s (epoch %s): %s", trial.config["member"], trial_to_clone.config["member"],
-                 trial_to_clone.last_result.get("training_iteration", "?"), "; ".join(changes.values()))
+                 self._trial_state[trial_to_clone].last_train_time, "; ".join(changes.values()))
         operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
         return new_config, operations
 
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
+        """Ray's step, with donors limited to those whose checkpoint is at least as far as `trial`.
+
+        Asynchronous PBT ranks a member by its score at its last perturbation, and restores a donor's
+        checkpoint of the donor's last perturbation. With more members than slots those are of
+        different epochs: a member at epoch 6 could copy a donor's epoch-4 state and train epochs
+        5-6 again (time travel, repeated epochs, the same exploit logged over and over). A bottom
+        member with no donor far enough skips this exploit and trains on. In synchronous mode every
+        member is at the same epoch, and the filter keeps every donor.
+        """
+        if trial in lower_quantile:
+            reached = self._trial_state[trial].last_train_time
+            donors = [t for t in upper_quantile if self._trial_state[t].last_train_time >= reached]
+            if not donors:
+                debug.debug("no donor has reached epoch %s: %s is not exploited", reached, trial)
+                lower_quantile = [t for t in lower_quantile if t is not trial]
+            upper_quantile = donors or upper_quantile  # `trial` is not among them: nothing of its own changes
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
     def _log_config_on_step(self, trial_state, new_state, trial: Trial, trial_to_clone: Trial, new_config: dict) -> None:
         super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
-        if self.exploit_log is not None:  # the line Ray has just appended, copied as it is
-            policy = Path(trial.local_experiment_path, POLICY_LOG).read_text().splitlines()[-1]
+        if self.exploit_log is not None:  # the line Ray has just appended, with the epochs it meant
+            policy = json.loads(Path(trial.local_experiment_path, POLICY_LOG).read_text().splitlines()[-1])
+            # Ray writes each trial's last result, which for the trial reporting now is the epoch
+            # before; the scheduler's states hold the epoch each was ranked at (the donor's: that of
+            # its checkpoint).
+            policy[2], policy[3] = trial_state.last_train_time, new_state.last_train_time
             self.exploit_log.parent.mkdir(parents=True, exist_ok=True)
             with self.exploit_log.open("a") as stream:
-                stream.write(policy + "\n")
+                stream.write(json.dumps(policy) + "\n")
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
