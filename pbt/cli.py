@@ -3,6 +3,10 @@ returns its exit code.
 
 Mistakes a user can make surface as `PbtError`: the command prints that one line and exits 2,
 with no traceback and nothing written.
+
+The stages load torch and Ray, which takes seconds: each handler imports its stage only after the
+config file and overrides are read, so `pbt --help`, `pbt --version` and a mistake in the config
+answer at once.
 """
 
 from __future__ import annotations
@@ -11,16 +15,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pbt.cluster.interrupts import as_interrupted, terminate_raises
-from pbt.config import ExperimentConfig
-from pbt.engines.common import EXPLOIT_LOGGER
+from pbt.engines import EXPLOIT_LOGGER
 from pbt.errors import PbtError
-from pbt.range_test.report import run_range_test
-from pbt.reporting.console import upload
-from pbt.stages.job import checked_config, compare_experiments, resume_job, start_job
-from pbt.stages.lineage import replay_experiment
-from pbt.stages.sweep import sweep_stage
+
+if TYPE_CHECKING:
+    from pbt.config import ExperimentConfig
 
 EXIT_USAGE = 2
 
@@ -34,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in word or word.startswith("-") for word in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    if args.command is None:
+        # Bare `pbt`: the commands it has. Nothing was asked for, so nothing ran: exit 2 on stderr as
+        # for any usage error (a script calling `pbt $EMPTY` must fail); `pbt --help` is the success.
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _show_exploits()
     try:
@@ -68,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbt", description="Population-based training of PyTorch models on Ray Tune."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action=_Version)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # name, handler, help, description, whether it replaces earlier results on --overwrite
     config_commands = [
         ("lr-find", lr_find_command, "run the LR range test and write lr_range.json, lr_range.png and TensorBoard data",
          "Run the LR range test (Smith) on the configured trainer: one epoch (at least lr_range.min_steps "
-         "steps) with an exponentially growing learning rate. Prints the range and writes it to the experiment folder.", False),
+         "steps) with an exponentially growing learning rate. Prints the range and writes it to the experiment folder "
+         "(replacing an earlier range test there; a folder of another command's results is refused without --overwrite).",
+         True),
         ("run", run_command, "the main job: range test, PBT, grid and one-cycle baselines, then the comparison",
          "Run everything in one experiment folder: the LR range test, PBT, the grid search and the one-cycle "
          "run for the same compute, then `pbt compare` on the folder.", True),
@@ -129,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, read from its metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print pbt's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("pbt")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            text = "(not installed)"
+        print(f"pbt {text}")
+        parser.exit()
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser, overwrite: bool = False) -> None:
     parser.add_argument("config", help="experiment YAML file, e.g. configs/mnist1d.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -137,15 +165,31 @@ def _add_config_arguments(parser: argparse.ArgumentParser, overwrite: bool = Fal
                         help="Ray cluster to run on, HOST:PORT or 'auto' (default: $RAY_ADDRESS, else a fresh local Ray)")
     if overwrite:
         parser.add_argument("--overwrite", action="store_true",
-                            help="replace earlier results of the same experiment (default: refuse)")
+                            help="replace this command's earlier results, or write into a folder holding another "
+                                 "command's (default: refuse)")
 
 
 def load_checked(args: argparse.Namespace) -> ExperimentConfig:
+    """The config with its trainer, storage and cluster checked (`stages.job.checked_config`).
+
+    The file and its overrides are read on their own first: that needs neither torch nor Ray, so a
+    mistake there is one line at once, not after the seconds they take to load.
+    """
+    from pbt.config import load_config
+
+    load_config(args.config, args.overrides)
+    from pbt.stages.job import checked_config
+
     return checked_config(args.config, args.overrides, args.address)
 
 
 def lr_find_command(args: argparse.Namespace) -> int:
     config = load_checked(args)
+    from pbt.range_test.report import run_range_test
+    from pbt.reporting.console import upload
+    from pbt.storage.checks import RANGE_TEST, check_unmixed
+
+    check_unmixed(config.storage, RANGE_TEST, args.overwrite)
     run_range_test(config)
     upload(config.storage)
     return 0
@@ -153,23 +197,34 @@ def lr_find_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     config = load_checked(args)
+    from pbt.stages.job import start_job
+
     arms = ("pbt", "grid", "one_cycle") if config.one_cycle.enabled else ("pbt", "grid")
     return start_job(config, arms, args.overwrite)
 
 
 def pbt_command(args: argparse.Namespace) -> int:
-    return start_job(load_checked(args), ("pbt",), args.overwrite)
+    config = load_checked(args)
+    from pbt.stages.job import start_job
+
+    return start_job(config, ("pbt",), args.overwrite)
 
 
 def grid_command(args: argparse.Namespace) -> int:
-    return start_job(load_checked(args), ("grid",), args.overwrite)
+    config = load_checked(args)
+    from pbt.stages.job import start_job
+
+    return start_job(config, ("grid",), args.overwrite)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    widths = _widths(args.widths)
     if args.optimizers:
         args.overrides.append(f"sweep.optimizers=[{args.optimizers}]")
     config = load_checked(args)
-    return sweep_stage(config, _widths(args.widths), args.overwrite)
+    from pbt.stages.sweep import sweep_stage
+
+    return sweep_stage(config, widths, args.overwrite)
 
 
 def _widths(text: str | None) -> list[float] | None:
@@ -185,14 +240,20 @@ def _widths(text: str | None) -> list[float] | None:
 
 
 def compare_command(args: argparse.Namespace) -> int:
+    from pbt.stages.job import compare_experiments
+
     return compare_experiments(args.folders, args.target)
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    from pbt.stages.job import resume_job
+
     return resume_job(args.folder, args.address)
 
 
 def replay_command(args: argparse.Namespace) -> int:
+    from pbt.stages.lineage import replay_experiment
+
     return replay_experiment(args.folder)
 
 

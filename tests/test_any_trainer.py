@@ -131,12 +131,13 @@ def test_a_generator_epoch_is_counted_by_one_pass(ray_session, tmp_path):
 def test_a_trainer_with_its_own_optimizer_sweeps_it_as_own(stranger_run):
     _, _, folder = stranger_run
     config = folder.parent.parent / "stranger.yaml"
-    code, out = run_cli("sweep", str(config), "sweep.rates=3", "sweep.max_epochs=2", "sweep.lr_min=1e-3", "sweep.lr_max=0.1")
+    # A folder of its own: a sweep into the run's folder is refused (it would mix with the run's results).
+    sweep = ["name=stranger_sweep", "sweep.rates=3", "sweep.max_epochs=2", "sweep.lr_min=1e-3", "sweep.lr_max=0.1"]
+    code, out = run_cli("sweep", str(config), *sweep)
     assert code == 2  # it builds NAdam whatever trainer.optimizer says: sweeping "sgd" would be a lie
-    code, out = run_cli("sweep", str(config), "--optimizers", "own", "sweep.rates=3", "sweep.max_epochs=2",
-                        "sweep.lr_min=1e-3", "sweep.lr_max=0.1")
+    code, out = run_cli("sweep", str(config), "--optimizers", "own", *sweep)
     assert code == 0, out
-    runs = json.loads((folder / "sweep.json").read_text())["widths"][0]["optimizers"]["own"]["runs"]
+    runs = json.loads((folder.parent / "stranger_sweep" / "sweep.json").read_text())["widths"][0]["optimizers"]["own"]["runs"]
     assert len(runs) == 3 and {run["status"] for run in runs} <= {"reached", "not reached", "diverged"}
 
 

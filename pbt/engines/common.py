@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pbt.engines import EXPLOIT_LOGGER  # noqa: F401  (the schedulers import it from here)
 from pbt.errors import PbtError
 from pbt.optim import HYPERPARAMS
 
@@ -19,8 +20,6 @@ METRIC = "val_acc"  # selection uses the validation split; test accuracy is only
 WORST_SCORE = 0.0  # what a diverged member reports, so that it is the first to be replaced
 PACK_FILE = "pack.pt"
 MEMBERS = "members"  # the key of a pack's result that holds one report per member
-# The logger both engines' schedulers print their exploits to: `pbt` attaches to it by this name.
-EXPLOIT_LOGGER = "pbt.exploits"
 
 
 def gpu_memory(device: torch.device) -> dict[str, float]:

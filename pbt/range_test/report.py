@@ -114,6 +114,7 @@ def run_range_test(config: ExperimentConfig) -> RangeTest:
     progress = ProgressBar(settings.seeds)
     sweep = find_lr_range(config, on_step=progress.step, on_result=progress.result)
     progress.close()
+    config.storage.delete(f"{TENSORBOARD}/lr_range")  # an earlier range test's runs would show beside this one's
     paths = save_range_test(sweep, config, config.experiment_dir)
     print_range_test(sweep, time.perf_counter() - started)
     print(f"\nWrote {shown(paths['json'])}\n      {shown(paths['plot'])}")

@@ -1,5 +1,6 @@
 """Checks that an experiment's storage can be used, before anything runs: writable, seen by every
-node of a cluster, not holding an earlier run's results; and opening an existing experiment."""
+node of a cluster, not holding an earlier run's results or another kind of experiment; and opening
+an existing experiment."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from pbt.errors import PbtError
-from pbt.storage.layout import CONFIG_FILE, TENSORBOARD
+from pbt.storage.layout import CONFIG_FILE, JOB_FILE, RANGE_FILE, SWEEP_PREFIX, TENSORBOARD
 from pbt.storage.store import Storage, split_experiment
 
 
@@ -78,8 +79,54 @@ def _read_mounts() -> str:
         return ""
 
 
+# The kinds of experiment a folder holds, each told by what it leaves at the top of the folder:
+# `pbt lr-find` a range test (lr_range.json); `pbt run`, `pbt pbt` and `pbt grid` one training job
+# (job.json, written before its first arm starts; the arms may be run one at a time into one folder);
+# `pbt sweep` a sweep (sweep/, sweep_w<width>/, sweep.json ...).
+RANGE_TEST, JOB, SWEEP = "range test", "job", "sweep"
+HELD = {RANGE_TEST: "an LR range test (pbt lr-find)", JOB: "a training job (pbt run, pbt pbt or pbt grid)",
+        SWEEP: "a sweep (pbt sweep)"}
+NOUNS = {RANGE_TEST: "range test", JOB: "run", SWEEP: "sweep"}
+# What each writes over another's file of the same name.
+WRITES = {RANGE_TEST: (RANGE_FILE,), JOB: (CONFIG_FILE, RANGE_FILE), SWEEP: (CONFIG_FILE,)}
+
+
+def held_experiments(storage: Storage) -> list[str]:
+    """The kinds of experiment the folder holds: none, one, or (mixed with --overwrite) several."""
+    return _held(storage.names())
+
+
+def _held(names: list[str]) -> list[str]:
+    held = []
+    if JOB_FILE in names:
+        held.append(JOB)
+    elif RANGE_FILE in names:  # a job's range test is part of the job
+        held.append(RANGE_TEST)
+    if any(name.startswith(SWEEP_PREFIX) for name in names):
+        held.append(SWEEP)
+    return held
+
+
+def check_unmixed(storage: Storage, kind: str, overwrite: bool) -> None:
+    """Refuse to write an experiment of `kind` into a folder holding another kind's results, unless
+    `overwrite`. A job may take over a lone range test: it is the job's first stage, run again."""
+    names = storage.names()
+    others = [held for held in _held(names) if held != kind and not (kind == JOB and held == RANGE_TEST)]
+    if not others or overwrite:
+        return
+    noun = NOUNS[kind]
+    replaced = [name for name in WRITES[kind] if name in names]
+    replacing = f", replacing its {' and '.join(replaced)}" if replaced else ""
+    raise PbtError(
+        f"{storage.shown()} already holds {' and '.join(HELD[other] for other in others)}, and this {noun} would mix "
+        f"into it{replacing}; give the {noun} another name (name=...), or pass --overwrite to write there anyway"
+    )
+
+
 def check_fresh(storage: Storage, arms: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to mix a new run into an arm's old results; with `overwrite`, clear them first."""
+    """Refuse to mix a new run into another kind of experiment (`check_unmixed`: the arms name their
+    kind) or into an arm's old results; with `overwrite`, clear the arms' old results first."""
+    check_unmixed(storage, SWEEP if arms[0].startswith(SWEEP_PREFIX) else JOB, overwrite)
     taken = [arm for arm in arms if storage.exists(arm)]
     if taken and not overwrite:
         raise PbtError(

@@ -13,7 +13,7 @@
         lineage.json             who copied whom, the best member's schedule
         replay.json              `pbt replay`: the best schedule retrained
         summary.json, compare_accuracy.png, compare_schedule.png   the comparison
-        sweep.json, sweep*.png   `pbt sweep`
+        sweep/, sweep_w*/        `pbt sweep`: its arms (one per width), and sweep.json, sweep*.png
         tensorboard/             all of it as TensorBoard runs
 """
 
@@ -29,6 +29,9 @@ SUMMARY_FILE = "summary.json"
 ACCURACY_PLOT = "compare_accuracy.png"
 SCHEDULE_PLOT = "compare_schedule.png"
 TENSORBOARD = "tensorboard"
+
+# `pbt sweep`'s arms and files all start with it: sweep/ or sweep_w<width>/, sweep.json, sweep_widths.json, sweep*.png.
+SWEEP_PREFIX = "sweep"
 
 # In an arm's folder, beside Ray Tune's trial folders.
 REPORTS_FILE = "reports.jsonl"

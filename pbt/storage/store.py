@@ -116,6 +116,11 @@ class Storage:
         return self._info(relative).type != pafs.FileType.NotFound
 
     @_reaching_the_store
+    def names(self) -> list[str]:
+        """The names of the files and folders at the top of the experiment (none before it exists)."""
+        return sorted(info.base_name for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)))
+
+    @_reaching_the_store
     def read_text(self, relative: str) -> str | None:
         if self._info(relative).type != pafs.FileType.File:
             return None
