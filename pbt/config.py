@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pbt.errors import PbtError
 from pbt.storage.layout import CONFIG_FILE
@@ -311,6 +311,11 @@ class ExperimentConfig(StrictModel):
 
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     trainable: str = Field("mnist1d", min_length=1, description="Registry name, module:Class or file.py:Class.")
+    python_path: list[str] = Field(
+        default_factory=list, validate_default=True,
+        description="Folders put first on the import path of the driver and of every worker; the directory pbt "
+        "was started in is added for a module:Class trainer, as `python -m` does (a file's own folder always is).",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to the trainer; validated by its schema.")
     seed: int = 0
     storage_path: str = Field(
@@ -351,6 +356,16 @@ class ExperimentConfig(StrictModel):
         if sep and target.endswith(".py"):
             return f"{Path(target).expanduser().resolve()}:{name}"
         return spec
+
+    @field_validator("python_path")
+    @classmethod
+    def _absolute_python_path(cls, folders: list[str], info: ValidationInfo) -> list[str]:
+        # Workers run in other folders, on other machines: pin each folder, and the current one for a module:Class.
+        pinned = [str(Path(folder).expanduser().resolve()) for folder in folders]
+        target, sep, _ = str(info.data.get("trainable", "")).rpartition(":")
+        if sep and not target.endswith(".py") and str(Path.cwd()) not in pinned:
+            pinned.append(str(Path.cwd()))
+        return pinned
 
     @property
     def storage(self) -> Storage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -93,13 +93,22 @@ def evaluation(trainer: Trainer) -> dict[str, float]:
     """`trainer.evaluate()` checked against the contract: `val_loss` and `val_acc` present, every
     value a plain float (a tensor or NumPy scalar is converted), `test_acc` only if reported."""
     metrics = trainer.evaluate()
-    missing = [name for name in ("val_loss", "val_acc") if name not in (metrics or {})]
-    if missing:
-        raise PbtError(
-            f"{type(trainer).__name__}.evaluate() returned {sorted(metrics or {})}, without {' and '.join(missing)}: "
-            "it must return at least val_loss and val_acc (and test_acc if there is a test split)"
-        )
+    problem = metrics_problem(metrics)
+    if problem:
+        raise PbtError(f"{type(trainer).__name__}.evaluate() {problem}")
     return {name: float(value) for name, value in metrics.items()}
+
+
+def metrics_problem(metrics: Any) -> str | None:
+    """What is wrong with what `evaluate()` returned (`returned [...], without val_acc: ...`), or None."""
+    if not isinstance(metrics, Mapping):
+        return (f"returned {type(metrics).__name__}, not a dict: it must return at least val_loss and val_acc "
+                "(and test_acc if there is a test split)")
+    missing = [name for name in ("val_loss", "val_acc") if name not in metrics]
+    if missing:
+        return (f"returned {sorted(map(str, metrics))}, without {' and '.join(missing)}: "
+                "it must return at least val_loss and val_acc (and test_acc if there is a test split)")
+    return None
 
 
 def count_epoch_steps(trainer: Trainer) -> int:

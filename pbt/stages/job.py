@@ -11,6 +11,7 @@ from pbt.cluster.interrupts import as_interrupted
 from pbt.cluster.resources import require_resources
 from pbt.cluster.session import connect
 from pbt.config import ExperimentConfig, load_config
+from pbt.contract import check_contract
 from pbt.engines.packed.plan import require_population_packs
 from pbt.range_test.report import run_range_test
 from pbt.registry import resolve_trainer, trainer_settings
@@ -40,11 +41,15 @@ def checked_config(path: str, overrides: list[str], address: str | None) -> Expe
     config = load_config(path, overrides)
     # The settings as the trainer's schema makes them here (defaults filled, paths made absolute)
     # are what every worker gets: a worker runs in another folder.
-    config = config.model_copy(update={"trainer": trainer_settings(resolve_trainer(config.trainable), config.trainer)})
+    cls = resolve_trainer(config.trainable, config.python_path)
+    config = config.model_copy(update={"trainer": trainer_settings(cls, config.trainer)})
     check_storage(config.storage)
     hosts = connect(address)  # a cluster that cannot be reached fails here, before anything is written
     check_cluster_storage(config.storage, hosts)
     check_member_resources(config, address)
+    # Built, one step, one evaluation, a checkpoint's round trip: a trainer that breaks the contract
+    # is one line here, not every member failing inside Ray after the range test.
+    check_contract(config)
     config.storage.sync_down()  # a URI's earlier results, e.g. the pbt arm a later `pbt grid` is compared with
     return config
 
