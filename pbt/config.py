@@ -399,6 +399,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(raw)
 
 
+def foreign_trainer_note(path: str | Path, overrides: list[str] | tuple[str, ...], config: ExperimentConfig) -> str | None:
+    """One line when the file's `trainer:` section, written for the trainable the file names, goes to
+    another trainable named on the command line (`trainable=...`); None when nothing foreign is passed on.
+
+    `pbt run configs/mnist1d.yaml trainable=my.py:Mine` would hand MNIST-1D's batch size and width
+    to `Mine` without a word. Keys set on the command line (`trainer.x=...`) are the user's own.
+    """
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    written_for = raw.get("trainable", ExperimentConfig.model_fields["trainable"].default)
+    named = [word.partition("=")[2].strip() for word in overrides if word.partition("=")[0].strip() == "trainable"]
+    section = raw.get("trainer") or {}
+    if not named or named[-1] == written_for or not isinstance(section, dict):
+        return None
+    own = {word.partition("=")[0].strip().split(".")[1] for word in overrides if word.strip().startswith("trainer.")}
+    foreign = sorted(set(section) - own)
+    if not foreign:
+        return None
+    return (f"the trainer: section of {str(path)!r} was written for {written_for!r} and goes to {config.trainable!r} "
+            f"as it is ({', '.join(foreign)}); configs/own_trainer.yaml is a config made for your own trainer")
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of an experiment folder; a one-line `PbtError` when it is missing or damaged."""
     if not path.is_file():

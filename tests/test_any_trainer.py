@@ -10,6 +10,8 @@ import contextlib
 import io
 import json
 import re
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pbt.cli import main
+from pbt.config import foreign_trainer_note, load_config
 from pbt.errors import PbtError
 from pbt.trainer import evaluation
 
@@ -50,16 +53,55 @@ def write_config(folder: Path, name: str, trainable: str, **sections) -> Path:
     return config
 
 
-def test_readme_example_trainer_runs_through_pbt_run(ray_session, tmp_path, monkeypatch):
-    (tmp_path / "my_trainer.py").write_text(readme_trainer())
-    monkeypatch.chdir(tmp_path)  # README names the file relative to where pbt is started
-    config = write_config(tmp_path, "readme", "my_trainer.py:MyTrainer")
-    code, out = run_cli("run", str(config))
-    assert code == 0, out
+def readme_walk() -> list[str]:
+    """The commands of README's walk from a file of one's own to `pbt run`, exactly as written."""
+    blocks = re.findall(r"```bash\n# the walk: .*?\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1, "README holds one walk"
+    return [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.split("#")[0].strip()]
+
+
+# What shrinks the walk's `pbt run` to seconds; nothing else is added to README's commands.
+TINY_RUN = ["lr_range.seeds=1", "population.size=4", "population.epochs=4", "population.perturbation_interval=2",
+            "population.quantile_fraction=0.25"]
+
+
+def test_readme_walk_from_my_trainer_py_to_pbt_run(ray_session, tmp_path, monkeypatch):
+    """README's trainer file and its walk, run as a newcomer runs them from a checkout of pbt."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "own_trainer.yaml").write_text((README.parent / "configs" / "own_trainer.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    out = ""
+    for line in readme_walk():
+        for command in line.split("&&"):
+            words = shlex.split(command)
+            if words[:2] == ["mkdir", "-p"]:
+                Path(words[2]).mkdir(parents=True, exist_ok=True)
+                (Path(words[2]) / "my_trainer.py").write_text(readme_trainer())  # "my_trainer.py (above) is here"
+            elif words[0] == "cp":
+                shutil.copy(words[1], words[2])
+            elif words[0] == "cd":
+                monkeypatch.chdir(words[1])
+            else:
+                assert words[0] == "pbt", line
+                code, out = run_cli(*words[1:], *TINY_RUN)
+                assert code == 0, out
     assert "Best member:" in out and "Comparison of" in out
-    summary = json.loads((tmp_path / "results" / "readme" / "summary.json").read_text())
+    assert "was written for" not in out, "the config made for one's own trainer passes nothing foreign on"
+    summary = json.loads((tmp_path / "my_project" / "results" / "my_trainer" / "summary.json").read_text())
     assert set(summary["arms"]) == {"pbt", "grid", "one_cycle"}
     assert summary["arms"]["pbt"]["best_val_acc"] > 0.2
+
+
+def test_a_built_ins_trainer_section_going_to_another_trainer_is_said_in_one_line(tmp_path):
+    config = README.parent / "configs" / "mnist1d.yaml"
+    overrides = ["trainable=my_trainer.py:MyTrainer", "trainer.batch_size=64"]
+    note = foreign_trainer_note(config, overrides, load_config(config, overrides))
+    assert note.startswith(f"the trainer: section of {str(config)!r} was written for 'mnist1d' and goes to ")
+    assert "(nesterov, optimizer, val_fraction, width)" in note, "batch_size was set on the command line"
+    assert "\n" not in note
+    own = README.parent / "configs" / "own_trainer.yaml"
+    assert foreign_trainer_note(own, overrides, load_config(own, overrides)) is None, "its trainer: section is empty"
+    assert foreign_trainer_note(config, ["trainable=mnist1d"], load_config(config, ["trainable=mnist1d"])) is None
 
 
 @pytest.fixture(scope="module")

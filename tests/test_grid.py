@@ -71,7 +71,7 @@ def test_an_optimizer_without_momentum_spends_the_momentum_budget_on_learning_ra
     points = grid_points(axes)
     assert len(points) == 16
     assert len({(p["lr"], p["weight_decay"]) for p in points}) == 16, "no point trained twice"
-    assert point_label(points[0]) == f"lr={axes['lr'][0]:.2g} wd=1e-05", "no momentum in the name"
+    assert point_label(points[0]) == f"lr={axes['lr'][0]:.3g} wd=1e-05", "no momentum in the name"
 
 
 def test_a_grid_over_optimizers_trains_no_duplicate_for_the_one_without_momentum():

@@ -68,10 +68,10 @@ def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def point_label(config: dict[str, Any]) -> str:
-    """A grid point's name in files and TensorBoard: `lr=0.0074 momentum=0.85 wd=1e-05` (momentum 0,
-    no momentum, left out)."""
-    momentum = f" momentum={config['momentum']:.2g}" if config["momentum"] else ""
-    label = f"lr={config['lr']:.2g}{momentum} wd={config['weight_decay']:.1g}"
+    """A grid point's name in files and TensorBoard: `lr=0.0139 momentum=0.85 wd=1e-05` (momentum 0,
+    no momentum, left out). Rates to 3 significant digits, as every line pbt prints shows them."""
+    momentum = f" momentum={config['momentum']:.3g}" if config["momentum"] else ""
+    label = f"lr={config['lr']:.3g}{momentum} wd={config['weight_decay']:.2g}"
     return f"{config['optimizer']} {label}" if "optimizer" in config else label
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from pbt.cluster.interrupts import as_interrupted
 from pbt.cluster.resources import require_resources
 from pbt.cluster.session import connect
-from pbt.config import ExperimentConfig, load_config
+from pbt.config import ExperimentConfig, foreign_trainer_note, load_config
 from pbt.contract import check_contract
 from pbt.engines.packed.plan import require_population_packs
 from pbt.range_test.report import run_range_test
@@ -26,6 +26,7 @@ from pbt.stages.arms import (
     grid_arm,
     load_job,
     one_cycle_arm,
+    one_cycle_start,
     pbt_arm,
     save_config,
     save_job,
@@ -39,6 +40,9 @@ from pbt.storage.store import shown
 def checked_config(path: str, overrides: list[str], address: str | None) -> ExperimentConfig:
     """The config, its trainer section, its storage and its cluster checked: fail before anything starts."""
     config = load_config(path, overrides)
+    note = foreign_trainer_note(path, overrides, config)
+    if note:
+        print(f"note: {note}")
     # The settings as the trainer's schema makes them here (defaults filled, paths made absolute)
     # are what every worker gets: a worker runs in another folder.
     cls = resolve_trainer(config.trainable, config.python_path)
@@ -176,8 +180,10 @@ def grid_stage(config: ExperimentConfig, space: SearchSpace) -> int:
 def one_cycle_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     """Run the one-cycle baseline and print where it ended; returns the number of failed runs."""
     settings = config.one_cycle
-    print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {settings.max_lr or space.lr.start_top:.3g} "
-          f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}")
+    start = one_cycle_start(config, space)
+    print(f"\nOne-cycle: one run of {config.population.epochs} epochs, lr up to {start['lr']:.3g} "
+          f"and down, momentum {settings.max_momentum:g} -> {settings.base_momentum:g} -> {settings.max_momentum:g}, "
+          f"weight decay {start['weight_decay']:.2g} (the middle of the search space's)")
     _, errors = one_cycle_arm(config, space, [arm_progress(config, "one_cycle", "one-cycle", 1)])
     chosen = load_arms(config.experiment_dir)["one_cycle"].chosen
     if chosen:
@@ -196,8 +202,8 @@ def compare_stage(folder: Path, target: float | None = None) -> None:
     if pbt_arm and grid_arm and grid_arm["chosen"]:
         chosen = grid_arm["chosen"]
         momentum = f"momentum {chosen['momentum']:.3f}, " if chosen["momentum"] else ""
-        print(f"\nThe grid's best fixed point: lr {chosen['lr']:.4g}, {momentum}"
-              f"weight decay {chosen['weight_decay']:.3g}")
+        print(f"\nThe grid's best fixed point: lr {chosen['lr']:.3g}, {momentum}"
+              f"weight decay {chosen['weight_decay']:.2g}")
     files = summary["files"]
     print(f"\nWrote {shown(Path(files['summary']))}\n      {shown(Path(files['accuracy_plot']))}")
     print(f"      {shown(Path(files['schedule_plot']))}\n      {shown(Path(files['tensorboard']))}/compare")

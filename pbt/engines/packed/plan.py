@@ -47,7 +47,7 @@ class Packing:
         size = " or ".join(str(s) for s in sizes)
         where = "a whole GPU" if dict(self.resources).get("gpu") else f"{dict(self.resources)['cpu']:g} CPU"
         return (f"packed: {sum(len(g) for g in self.groups)} {runs} in {len(self.groups)} pack(s) of {size}, "
-                f"each one vectorised model on {where} (population.pack=1: one process each)")
+                f"each one vectorised model on {where} (set population.pack=1 for one process per member)")
 
 
 def pack_obstacle(config: ExperimentConfig) -> str | None:
