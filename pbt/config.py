@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pbt.errors import PbtError
+from pbt.schedule import ScheduleConfig
 from pbt.storage.layout import CONFIG_FILE
 
 if TYPE_CHECKING:
@@ -159,6 +160,11 @@ class PopulationConfig(StrictModel):
         "1 for one member per process, or auto (the population spread over the slots the machine or "
         "cluster has, when the trainer packs). Packed PBT is synchronous.",
     )
+    exploit_until: float = Field(
+        1.0, gt=0, le=1,
+        description="Share of the epochs after which no member is exploited: the members then train side by side "
+        "to the end (e.g. through the schedule's cooldown, each at its own rate), and the best is chosen at the end.",
+    )
     checkpoints_to_keep: int = Field(
         8, ge=2, description="Per member; a donor's checkpoint must outlive the moment its clone loads it."
     )
@@ -167,6 +173,11 @@ class PopulationConfig(StrictModel):
         description="On CUDA, capture a pack's training step once as a CUDA graph and replay it: on, off, or "
         "auto (off until a GPU measurement shows it faster).",
     )
+
+    @property
+    def last_exploit_epoch(self) -> int:
+        """The last epoch at which members may be exploited (`exploit_until` of the epochs)."""
+        return int(self.exploit_until * self.epochs + 1e-9)
 
     @field_validator("capture", mode="before")
     @classmethod
@@ -325,6 +336,7 @@ class ExperimentConfig(StrictModel):
     lr_range: LRRangeConfig = Field(default_factory=LRRangeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     one_cycle: OneCycleConfig = Field(default_factory=OneCycleConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)

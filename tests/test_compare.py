@@ -47,7 +47,10 @@ def test_the_chosen_run_is_picked_by_validation_never_by_test():
     reports = [report("a", 2, 0.80, 0.95), report("b", 2, 0.85, 0.70)]
     arm = summarize_arm("grid", reports)
     assert arm.chosen["label"] == "b" and arm.chosen["test_acc"] == 0.70
-    assert arm.schedule == [{"epoch": 2, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}]
+    # A report from before schedules: the rate trained was the peak.
+    assert arm.schedule == [{"epoch": 2, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_trained": 0.1}]
+    scheduled = summarize_arm("grid", [{**report("b", 2, 0.85, 0.70), "lr_trained": 0.04}])
+    assert scheduled.schedule[0]["lr_trained"] == 0.04 and scheduled.schedule[0]["lr"] == 0.1
 
 
 def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss_whatever_the_arrival_order():

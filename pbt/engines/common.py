@@ -114,7 +114,7 @@ def member_results(results: Iterable[Any]) -> list[Any]:
         metrics = result.metrics or {}
         if MEMBERS in metrics:
             members += [MemberResult(config, report, result.checkpoint) for config, report in member_reports(result.config, metrics)]
-        elif "members" in result.config:  # a pack that failed before its first report
+        elif "members" in (result.config or {}):  # a pack that failed before its first report (an actor that died at creation: no config)
             members += [MemberResult(config, {}, result.checkpoint) for config in member_configs(result.config)]
         else:
             members.append(result)

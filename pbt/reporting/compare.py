@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt.optim import HYPERPARAMS
-from pbt.reporting.records import read_failures, read_reports
+from pbt.reporting.records import LR_TRAINED, read_failures, read_reports
 
 ARMS = ("pbt", "grid", "one_cycle")
 ARM_TITLES = {"pbt": "PBT", "grid": "grid search", "one_cycle": "one-cycle"}
@@ -73,11 +73,16 @@ def summarize_arm(name: str, reports: list[dict[str, Any]], failed: list[str] | 
         diverged=sorted({r["label"] for r in reports if r["diverged"]}),
         failed=sorted(set(failed or [])),
         curve=curve,
-        schedule=[] if chosen is None else [
-            {"epoch": r["epoch"], **{name: r[name] for name in HYPERPARAMS}}
-            for r in reports if r["label"] == chosen["label"]
-        ],
+        schedule=[] if chosen is None else [schedule_entry(r) for r in reports if r["label"] == chosen["label"]],
     )
+
+
+def schedule_entry(report: dict[str, Any]) -> dict[str, Any]:
+    """An epoch of a run's schedule: its hyperparameters (lr: the schedule's peak) and `lr_trained`,
+    the mean rate its steps trained at (the peak where the report predates schedules)."""
+    trained = report.get(LR_TRAINED)
+    return {"epoch": report["epoch"], **{name: report[name] for name in HYPERPARAMS},
+            LR_TRAINED: report["lr"] if trained is None else trained}
 
 
 def _finite(value: float | None) -> float:
@@ -157,5 +162,5 @@ def load_arms(folder: Path) -> dict[str, ArmSummary]:
         # A PBT member's own reports hold only its own hyperparameters; its lineage's epochs
         # before the last exploit were trained by the donors, as recorded in lineage.json.
         schedule = json.loads(lineage.read_text())["best"]["schedule"]
-        arms["pbt"].schedule = [{"epoch": e["epoch"], **{name: e[name] for name in HYPERPARAMS}} for e in schedule]
+        arms["pbt"].schedule = [schedule_entry(e) for e in schedule]
     return arms

@@ -23,7 +23,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from pbt.optim import shown_hyperparams
 from pbt.reporting.compare import ARM_TITLES, ArmSummary
-from pbt.reporting.records import read_reports
+from pbt.reporting.records import LR_TRAINED, read_reports
 
 ARM_COLORS = {"pbt": "tab:blue", "grid": "tab:orange", "one_cycle": "tab:green"}
 
@@ -100,15 +100,21 @@ def schedule_figure(arms: dict[str, ArmSummary], title: str) -> Figure:
     figure = Figure(figsize=(4.35 * len(names), 3.8))
     axes = figure.subplots(1, len(names))
     labels = {"pbt": "PBT's best member (its lineage)", "grid": "grid's best point", "one_cycle": "one-cycle run"}
+    scheduled = any(e[LR_TRAINED] != e["lr"] for arm in arms.values() for e in arm.schedule if arm.name != "one_cycle")
     for axis, name in zip(axes, names):
+        # The rate each epoch really trained at (its steps' mean: the schedule's shape x the peak).
+        shown = LR_TRAINED if name == "lr" else name
         for arm in arms.values():
             if arm.schedule:
-                axis.step([e["epoch"] for e in arm.schedule], [e[name] for e in arm.schedule], where="post",
+                axis.step([e["epoch"] for e in arm.schedule], [e[shown] for e in arm.schedule], where="post",
                           color=ARM_COLORS.get(arm.name), lw=2 if arm.name == "pbt" else 1.3,
                           label=labels.get(arm.name, arm.name))
+                if name == "lr" and scheduled and arm.name != "one_cycle":  # the peak PBT set, dashed
+                    axis.step([e["epoch"] for e in arm.schedule], [e["lr"] for e in arm.schedule], where="post",
+                              color=ARM_COLORS.get(arm.name), lw=0.8, ls="--")
         if name != "momentum":
             axis.set_yscale("log")
-        axis.set_title(name.replace("_", " "))
+        axis.set_title("lr trained (dashed: the schedule's peak)" if name == "lr" and scheduled else name.replace("_", " "))
         axis.set_xlabel("epoch")
         axis.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -129,7 +135,7 @@ def write_comparison_runs(arms: dict[str, ArmSummary], logdir: Path) -> None:
                     writer.add_scalar("vs_seconds_trained/test_acc_of_best_val", point.test_acc, round(point.seconds))
             names = shown_hyperparams(arm.schedule)
             for entry in arm.schedule:
-                for hyperparam in names:
+                for hyperparam in (*names, LR_TRAINED):
                     writer.add_scalar(f"best_schedule/{hyperparam}", entry[hyperparam], entry["epoch"])
 
 

@@ -23,7 +23,9 @@ from pbt.optim import HYPERPARAMS
 from pbt.storage.layout import REPORTS_FILE
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
-MEMBER_SCALARS = (*METRICS, *HYPERPARAMS)
+# The mean rate an epoch's steps trained at: `lr` (the schedule's peak) x the schedule's shape.
+LR_TRAINED = "lr_trained"
+MEMBER_SCALARS = (*METRICS, *HYPERPARAMS, LR_TRAINED)
 
 
 def member_label(config: dict[str, Any]) -> str:
@@ -97,7 +99,7 @@ def to_record(arm: str, label: str, result: dict[str, Any], wall_seconds: float)
         "diverged": bool(result.get("diverged", False)),
         "node_id": result.get("node_id"),
     }
-    for name in (*METRICS, *HYPERPARAMS):
+    for name in (*METRICS, *HYPERPARAMS, LR_TRAINED):
         value = result.get(name)
         record[name] = float(value) if value is not None and math.isfinite(value) else None
     return record

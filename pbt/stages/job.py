@@ -35,6 +35,7 @@ from pbt.stages.lineage import format_schedule
 from pbt.storage.checks import check_cluster_storage, check_fresh, check_storage, open_experiment
 from pbt.storage.layout import LINEAGE_FILE, TENSORBOARD
 from pbt.storage.store import shown
+from pbt.trainer import TensorClassificationTrainer, Trainer
 
 
 def checked_config(path: str, overrides: list[str], address: str | None) -> ExperimentConfig:
@@ -131,7 +132,21 @@ def prepare_space(config: ExperimentConfig) -> SearchSpace:
         above = f"raise it up to {bound.high:.3g}" if bound.start_top < bound.high else ""
         walls = f"; exploration may {' and '.join(filter(None, (below, above)))}" if below or above else ""
         print(f"  {name:<13} [{bound.start:.3g}, {bound.start_top:.3g}]{' (log)' if bound.log else ''}{walls}")
+    print_schedule(config)
     return space
+
+
+def print_schedule(config: ExperimentConfig) -> None:
+    """The schedule every member and grid point follows, and a trainer's own epoch loop, if it has one."""
+    schedule = config.schedule
+    if schedule.constant:
+        return
+    print(f"Schedule: {schedule.describe()}; every member and grid point follows it over its "
+          f"{config.population.epochs} epochs, lr is its peak")
+    cls = resolve_trainer(config.trainable)
+    if cls.train_epoch not in (Trainer.train_epoch, TensorClassificationTrainer.train_epoch):
+        print(f"note: {cls.__name__} has its own train_epoch: the rate is set before each batch it draws from "
+              "self.batches(), else once per epoch")
 
 
 def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:

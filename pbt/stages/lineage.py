@@ -18,13 +18,14 @@ from typing import Any
 
 from pbt.config import ExperimentConfig, load_saved_config, read_json
 from pbt.engines.common import METRIC, is_pack_checkpoint, load_member_state, load_pack_state, member_results
+from pbt.engines.scheduled import train_scheduled_epoch
 from pbt.optim import HYPERPARAMS, set_hyperparams, shown_hyperparams
 from pbt.registry import build_trainer
 from pbt.reporting.console import upload
 from pbt.storage.checks import open_experiment
 from pbt.storage.layout import LINEAGE_FILE, REPLAY_FILE
 from pbt.storage.store import shown
-from pbt.trainer import evaluation
+from pbt.trainer import count_epoch_steps, evaluation
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,17 @@ def replay(
     comparison says how much of PBT's result the schedule alone explains.
     """
     trainer = build_trainer(config, seed=config.seed + schedule[0]["member"])
+    steps = count_epoch_steps(trainer) if not config.schedule.constant else 1
     records = []
     for index, entry in enumerate(schedule):
-        set_hyperparams(trainer.optimizer, **{name: entry[name] for name in HYPERPARAMS})
-        metrics = trainer.train_epoch()
+        hyperparams = {name: entry[name] for name in HYPERPARAMS}
+        set_hyperparams(trainer.optimizer, **hyperparams)
+        # Each epoch's peak under the experiment's schedule, from the epoch's global step, as the member trained it.
+        done = train_scheduled_epoch(trainer, config.schedule, hyperparams, (entry["epoch"] - 1) * steps,
+                                     config.population.epochs * steps)
+        metrics = done.metrics
         metrics.update(evaluation(trainer) if math.isfinite(metrics["train_loss"]) else {METRIC: 0.0})
-        metrics.update({name: entry[name] for name in HYPERPARAMS}, epoch=entry["epoch"])
+        metrics.update(hyperparams, epoch=entry["epoch"], lr_trained=done.mean_lr)
         records.append(metrics)
         if on_epoch:
             on_epoch(index + 1, len(schedule), metrics)

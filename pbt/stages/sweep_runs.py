@@ -29,6 +29,7 @@ from pbt.errors import PbtError
 from pbt.range_test.finder import find_lr_range
 from pbt.registry import build_trainer
 from pbt.reporting.records import read_failures, read_reports
+from pbt.schedule import ScheduleConfig
 from pbt.stages.arms import arm_callbacks
 
 REACHED, NOT_REACHED, DIVERGED, FAILED = "reached", "not reached", "diverged", "failed"
@@ -256,5 +257,7 @@ def run_sweep(
 
 
 def sweep_experiment(config: ExperimentConfig) -> ExperimentConfig:
-    """The experiment as the sweep trains it: each run for at most `sweep.max_epochs` epochs."""
-    return config.model_copy(update={"population": config.population.model_copy(update={"epochs": config.sweep.max_epochs})})
+    """The experiment as the sweep trains it: each run for at most `sweep.max_epochs` epochs, at a
+    constant rate (the sweep measures fixed rates; a schedule would fall over a budget it never trains)."""
+    return config.model_copy(update={"population": config.population.model_copy(update={"epochs": config.sweep.max_epochs}),
+                                     "schedule": ScheduleConfig()})

@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from pbt.config import OneCycleConfig
 from pbt.engines.actor.trainable import PBTMember
 from pbt.optim import get_hyperparams
+from pbt.schedule import ScheduleConfig
 from pbt.trainer import Trainer, count_epoch_steps
 
 SCHEDULE_FILE = "one_cycle.pt"
@@ -58,6 +59,10 @@ class OneCycleMember(PBTMember):
 
     def hyperparams(self) -> dict[str, float]:
         return get_hyperparams(self.trainer.optimizer)
+
+    @property
+    def lr_schedule(self) -> ScheduleConfig:
+        return ScheduleConfig()  # OneCycleLR sets the rate itself, step by step
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         super().save_checkpoint(checkpoint_dir)

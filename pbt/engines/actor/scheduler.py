@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,6 +45,7 @@ class ClippedPBT(PopulationBasedTraining):
     ) -> None:
         self.space = space
         self.rng = random.Random(seed)
+        self.last_exploit_epoch = population.last_exploit_epoch
         self.exploit_log = exploit_log
         super().__init__(
             time_attr="training_iteration",
@@ -105,6 +107,10 @@ class ClippedPBT(PopulationBasedTraining):
                 stream.write(json.dumps(policy) + "\n")
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        # After `population.exploit_until`, members train side by side to the end (a scheduler
+        # pickled before the setting existed has no such epoch).
+        if result.get("training_iteration", 0) > getattr(self, "last_exploit_epoch", math.inf):
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.PAUSE and not self._synch:
             trials = tune_controller.get_trials()

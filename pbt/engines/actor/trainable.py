@@ -20,9 +20,11 @@ from ray import tune
 
 from pbt.config import ExperimentConfig
 from pbt.engines.common import METRIC, STATE_FILE, WORST_SCORE, gpu_memory, load_member_state
+from pbt.engines.scheduled import train_scheduled_epoch
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.registry import build_trainer, pick_device
-from pbt.trainer import Trainer, evaluation
+from pbt.schedule import ScheduleConfig
+from pbt.trainer import Trainer, count_epoch_steps, evaluation
 
 
 class PBTMember(tune.Trainable):
@@ -32,6 +34,7 @@ class PBTMember(tune.Trainable):
         self.experiment = experiment
         self.device = pick_device(bool(ray.get_gpu_ids()) if ray.is_initialized() else False)
         self.trainer = self._new_trainer(config)
+        self.epoch_steps: int | None = None  # counted at the first scheduled epoch
         self.history: list[dict[str, Any]] = []
         self.diverged = False
         self.fresh = False  # set when an actor is reused for a new trial; see reset_config
@@ -47,8 +50,26 @@ class PBTMember(tune.Trainable):
         return trainer
 
     def hyperparams(self) -> dict[str, float]:
-        """The lr, momentum and weight decay this member trains with: its config's."""
+        """The lr, momentum and weight decay this member trains with: its config's (lr: the schedule's peak)."""
         return {k: self.config[k] for k in HYPERPARAMS}
+
+    @property
+    def lr_schedule(self) -> ScheduleConfig:
+        """The shape this member's rate follows over its budget (`schedule:` of the experiment)."""
+        return self.experiment.schedule
+
+    def _train_epoch(self) -> tuple[dict[str, float], float]:
+        """One epoch at the schedule's rates from this member's global step (a copier's is its
+        donor's: Tune hands the donor's `iteration` over with its checkpoint); the metrics and the
+        mean rate trained at."""
+        if self.lr_schedule.constant:
+            return self.trainer.train_epoch(), self.hyperparams()["lr"]
+        if self.epoch_steps is None:
+            self.epoch_steps = count_epoch_steps(self.trainer)
+        steps, epochs = self.epoch_steps, self.experiment.population.epochs
+        done = train_scheduled_epoch(self.trainer, self.lr_schedule, self.hyperparams(), self.iteration * steps, epochs * steps)
+        set_hyperparams(self.trainer.optimizer, **self.hyperparams())  # checkpoints hold the peak, as without a schedule
+        return done.metrics, done.mean_lr
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # Called for an exploit (a restore follows) and when a reused actor starts another
@@ -64,8 +85,9 @@ class PBTMember(tune.Trainable):
         started = time.perf_counter()
         # A diverged member stops spending compute: it reports the worst score until replaced.
         executed = not self.diverged
+        lr_trained = self.hyperparams()["lr"]
         if executed:
-            metrics = self.trainer.train_epoch()
+            metrics, lr_trained = self._train_epoch()
             self.diverged = not math.isfinite(metrics["train_loss"])
         if self.diverged:
             metrics = {"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE}
@@ -74,11 +96,13 @@ class PBTMember(tune.Trainable):
         seconds = time.perf_counter() - started
         hyperparams = self.hyperparams()
         epoch = self.iteration + 1
-        self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams, METRIC: metrics[METRIC]})
+        self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams,
+                             "lr_trained": lr_trained, METRIC: metrics[METRIC]})
         return {
             **metrics,
             **(gpu_memory(self.device) if self.iteration == 0 else {}),
             **hyperparams,
+            "lr_trained": lr_trained,  # the mean rate of the epoch's steps: lr x the schedule's shape
             "diverged": self.diverged,
             # Budget is counted from these, never from training_iteration, which a clone inherits.
             "epochs_executed": int(executed),

@@ -28,6 +28,7 @@ from pbt.engines.packed.layers import fast_layers
 from pbt.engines.packed.optim import PACKABLE_OPTIMIZERS, PackedOptimizer, flat_parameters
 from pbt.optim import HYPERPARAMS, get_hyperparams, set_hyperparams
 from pbt.registry import build_trainer
+from pbt.schedule import ScheduleConfig
 from pbt.trainer import TensorClassificationTrainer, Trainer
 
 # What the packed engine does itself for every member at once: a trainer that overrides one of
@@ -216,20 +217,46 @@ class PackedTrainer:
         self.optimizer.step()
         return losses.detach(), (logits.detach().argmax(dim=2) == y).sum(1)
 
-    def train_epoch(self) -> list[dict[str, float]]:
+    def train_epoch(self, schedule: ScheduleConfig | None = None, first_step: int = 0, total_steps: int = 1,
+                    ) -> list[dict[str, float]]:
         """One epoch for every member: each member's mean training loss (NaN or inf if it diverged)
-        and running training accuracy, as `TensorClassificationTrainer.train_epoch` reports them."""
+        and running training accuracy, as `TensorClassificationTrainer.train_epoch` reports them, and
+        `lr_trained`, the mean rate of its steps. Under `schedule`, step s (global step
+        `first_step + s` of `total_steps`) trains each member at its peak lr x the shape's factor,
+        as `pbt.engines.scheduled` does for one member; the peaks are back in place afterwards."""
         total = torch.zeros(self.size, device=self.lead.device)
         correct = torch.zeros(self.size, device=self.lead.device, dtype=torch.long)
         steps = seen = 0
+        scheduled = schedule is not None and not schedule.constant
+        peaks = (self.optimizer.lr.clone(), self.optimizer.momentum.clone()) if scheduled else None
+        factors = 0.0
         for indices in self.batch_indices():
+            if scheduled:
+                factors += self._apply_schedule(schedule, peaks, (first_step + steps) / max(total_steps, 1))
             losses, right = self.train_step(indices)
             total += losses
             correct += right
             steps += 1
             seen += indices.shape[1]
+        lr = self.optimizer.lr.tolist()
+        if scheduled:
+            lr = (peaks[0] * (factors / max(steps, 1))).tolist()
+            self.optimizer.lr.copy_(peaks[0])
+            self.optimizer.momentum.copy_(peaks[1])
         losses, accuracies = (total / max(steps, 1)).tolist(), (correct.float() / max(seen, 1)).tolist()
-        return [{"train_loss": loss, "train_acc": acc} for loss, acc in zip(losses, accuracies)]
+        return [{"train_loss": loss, "train_acc": acc, "lr_trained": rate} for loss, acc, rate in zip(losses, accuracies, lr)]
+
+    def _apply_schedule(self, schedule: ScheduleConfig, peaks: tuple[torch.Tensor, torch.Tensor], progress: float) -> float:
+        """Every member's rate (and cycled momentum) at `progress`, written in place (a captured step
+        reads the same tensors); returns the shape's factor."""
+        factor = schedule.factor(progress)
+        torch.mul(peaks[0], factor, out=self.optimizer.lr)
+        if schedule.cycle_momentum:
+            peak = peaks[1]
+            high = peak.clamp(min=schedule.max_momentum)
+            # A member without momentum (Adagrad, or momentum 0) keeps none.
+            self.optimizer.momentum.copy_(torch.where(peak > 0, high - (high - peak) * factor, peak))
+        return factor
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:

@@ -71,7 +71,7 @@ class PackTrial(tune.Trainable):
             self._build(self.config)
         applied = self._exchange()
         started = time.perf_counter()
-        trained = self.pack.train_epoch()
+        trained = self._train_epoch()
         evaluations = self.pack.evaluate()
         seconds = time.perf_counter() - started
         epoch = self.iteration + 1
@@ -84,7 +84,8 @@ class PackTrial(tune.Trainable):
             # no operation mixes members.
             metrics = ({"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE} if diverged
                        else {**trained[slot], **evaluations[slot]})
-            self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams, METRIC: metrics[METRIC]})
+            self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams,
+                                         "lr_trained": trained[slot]["lr_trained"], METRIC: metrics[METRIC]})
             self.scores[slot] = metrics[METRIC] if math.isfinite(metrics[METRIC]) else WORST_SCORE
             reports.append({
                 "member": member, **metrics, **hyperparams, "diverged": diverged,
@@ -101,6 +102,15 @@ class PackTrial(tune.Trainable):
             "node_id": self.node_id,
         }
 
+    def _train_epoch(self) -> list[dict[str, float]]:
+        """One epoch of every member at the schedule's rates from the pack's global step (every
+        member of a pack, and of the population, is at the same epoch: packed PBT is synchronous)."""
+        schedule, epochs = self.experiment.schedule, self.experiment.population.epochs
+        if schedule.constant:
+            return self.pack.train_epoch()
+        steps = len(self.pack.lead.x_train) // self.pack.lead.batch_size  # what batch_indices yields
+        return self.pack.train_epoch(schedule, self.iteration * steps, epochs * steps)
+
     def _gpu_report(self) -> dict[str, Any]:
         """After the first epoch on CUDA: the peak memory, and whether the step is replayed as a graph."""
         if self.device.type != "cuda":
@@ -110,7 +120,8 @@ class PackTrial(tune.Trainable):
     def _exchange(self) -> list[dict[str, Any]]:
         """At a perturbation: offer this pack's members to the board, wait for every pack, apply the moves."""
         epoch, population = self.iteration, self.experiment.population
-        if self.board is None or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs:
+        if (self.board is None or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs
+                or epoch > population.last_exploit_epoch):
             return []
         if self.plan_epoch >= epoch:
             return []
