@@ -28,7 +28,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -118,9 +118,23 @@ class RangeResult:
     steps_per_decade: float = 0.0
     flat_decades: float = 0.0
     doubts: list[str] = field(default_factory=list)
+    # Each seed's own curve read by the same rule (`seed_ranges`): {seed, lr_low, lr_high, suggestion},
+    # or {seed, unread: why} where that curve alone reads no range; [] in a result saved before them.
+    seed_ranges: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> RangeResult:
+        """A result as `to_dict` wrote it, by this version or an older one (its missing keys take their
+        defaults; keys this version does not know are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in saved.items() if name in known})
+
+    def own_highs(self) -> dict[int, float]:
+        """The `lr_high` each seed's own curve reads, by seed (the seeds whose curve reads a range)."""
+        return {own["seed"]: own["lr_high"] for own in self.seed_ranges if "lr_high" in own}
 
     def length_text(self) -> str:
         """The sweep's planned length, e.g. `one epoch (100 steps)` or `2.7 epochs (100 steps of 37 an epoch)`."""
@@ -151,9 +165,16 @@ class RangeTest:
             "lr_high": chosen.lr_high,
             "suggestion": chosen.suggestion,
             "weight_decay": self.chosen_weight_decay,
+            "seed_ranges": chosen.seed_ranges,
             "ranges": [r.to_dict() for r in self.results],
             "failures": self.failures,
         }
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> RangeTest:
+        """A range test as `to_dict` (and `lr_range.json`) holds it, by this version or an older one."""
+        results = [RangeResult.from_dict(r) for r in saved["ranges"]]
+        return cls(results, saved["weight_decay"], dict(saved.get("failures", {})))
 
 
 def lr_schedule(lr_min: float, lr_max: float, steps: int) -> np.ndarray:
@@ -433,29 +454,51 @@ RANGE_SHIFT = {"sgd": 2.5, "adam": 1.1, "adamw": 1.1, "adagrad": 2.5, "adadelta"
 LENGTHENINGS = 2
 
 
-def _median_sweep(
-    config: ExperimentConfig, weight_decay: float, steps: int | None, on_step: StepCallback | None
+def seed_curve(
+    config: ExperimentConfig, weight_decay: float, steps: int | None, seed: int, on_step: StepCallback | None = None
 ) -> Curve:
-    """The step-wise median of `lr_range.seeds` sweeps of `steps` (None: the default length)."""
+    """One sweep of `steps` (None: the default length) by a trainer built with `seed`."""
     settings = config.lr_range
-    curves = []
-    for offset in range(settings.seeds):
-        trainer = build_trainer(config, device=pick_device(config.resources.gpu > 0), seed=config.seed + offset)
-        curves.append(
-            record_curve(
-                trainer,
-                lr_min=settings.lr_min,
-                lr_max=settings.lr_max,
-                max_steps=steps,
-                momentum=settings.momentum,
-                weight_decay=weight_decay,
-                diverge_factor=settings.diverge_factor,
-                smooth_window=settings.smooth_window,
-                on_step=on_step,
-                min_steps=settings.min_steps,
-            )
-        )
-    return median_curve(curves)
+    trainer = build_trainer(config, device=pick_device(config.resources.gpu > 0), seed=seed)
+    return record_curve(
+        trainer,
+        lr_min=settings.lr_min,
+        lr_max=settings.lr_max,
+        max_steps=steps,
+        momentum=settings.momentum,
+        weight_decay=weight_decay,
+        diverge_factor=settings.diverge_factor,
+        smooth_window=settings.smooth_window,
+        on_step=on_step,
+        min_steps=settings.min_steps,
+    )
+
+
+def _seed_sweeps(
+    config: ExperimentConfig, weight_decay: float, steps: int | None, on_step: StepCallback | None
+) -> dict[int, Curve]:
+    """`lr_range.seeds` sweeps, by the seeds `seed`, `seed + 1`, ... of the experiment."""
+    seeds = range(config.seed, config.seed + config.lr_range.seeds)
+    return {seed: seed_curve(config, weight_decay, steps, seed, on_step) for seed in seeds}
+
+
+def seed_ranges(
+    curves: dict[int, Curve], settings: LRRangeConfig, optimizer: str, weight_decay: float = 0.0
+) -> list[dict]:
+    """Each seed's own curve read by the rule that reads the median curve (`read_range`, for
+    `optimizer` as `optimizer_key` names it): how far the seeds alone would put the range apart.
+    A curve that reads no range alone says why (`unread`) instead."""
+    found: list[dict] = []
+    for seed, curve in curves.items():
+        try:
+            lrs, losses = _finite_points(curve, weight_decay)
+            reading = read_curve(lrs, losses, settings.smooth_window)
+        except PbtError as err:
+            found.append({"seed": seed, "unread": str(err).removeprefix("lr_range: ")})
+            continue
+        low, high, point, _ = read_range(reading, settings, optimizer)
+        found.append({"seed": seed, "lr_low": low, "lr_high": high, "suggestion": point})
+    return found
 
 
 def _finite_points(curve: Curve, weight_decay: float) -> tuple[list[float], list[float]]:
@@ -471,7 +514,8 @@ def _finite_points(curve: Curve, weight_decay: float) -> tuple[list[float], list
 
 
 def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_step: StepCallback | None = None) -> RangeResult:
-    """Run `lr_range.seeds` sweeps at one weight decay and analyse their median curve.
+    """Run `lr_range.seeds` sweeps at one weight decay and analyse their median curve (and, to say
+    how far they spread, each seed's own curve: `seed_ranges`).
 
     A curve whose loss never fell clearly is swept again, twice as long, up to `LENGTHENINGS` times
     (never when `lr_range.max_steps` sets the length).
@@ -480,7 +524,8 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
     steps = settings.max_steps
     lengthenings = 0 if settings.max_steps is not None else LENGTHENINGS
     for attempt in range(lengthenings + 1):
-        curve = _median_sweep(config, weight_decay, steps, on_step)
+        curves = _seed_sweeps(config, weight_decay, steps, on_step)
+        curve = median_curve(list(curves.values()))
         lrs, losses = _finite_points(curve, weight_decay)
         try:
             reading = read_curve(lrs, losses, settings.smooth_window)
@@ -523,6 +568,7 @@ def range_for_weight_decay(config: ExperimentConfig, weight_decay: float, on_ste
         seeds=settings.seeds,
         planned_steps=curve.planned_steps,
         epoch_steps=curve.epoch_steps,
+        seed_ranges=seed_ranges(curves, settings, read_as, weight_decay),
     )
 
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no backend to cho
 from torch.utils.tensorboard import SummaryWriter
 
 from pbt.config import ExperimentConfig
-from pbt.range_test.finder import RangeTest, find_lr_range, reading_basis, shift_text
+from pbt.range_test.finder import RangeResult, RangeTest, find_lr_range, reading_basis, shift_text
 from pbt.storage.layout import RANGE_FILE, RANGE_PLOT, TENSORBOARD
 from pbt.storage.store import shown
 
@@ -34,6 +34,11 @@ def save_range_test(sweep: RangeTest, config: ExperimentConfig, folder: Path) ->
     figure.savefig(paths["plot"], dpi=120, bbox_inches="tight")
     write_tensorboard(sweep, paths["tensorboard"], figure)
     return paths
+
+
+def load_range_test(path: Path) -> RangeTest:
+    """The range test an `lr_range.json` holds, written by this version or an older one."""
+    return RangeTest.from_dict(json.loads(Path(path).read_text()))
 
 
 def range_figure(sweep: RangeTest, title: str) -> Figure:
@@ -135,6 +140,9 @@ def print_range_test(sweep: RangeTest, seconds: float) -> None:
     print(f"\nLearning-rate range   [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]   suggested lr {chosen.suggestion:.3g}")
     if chosen.lr_ceiling > chosen.lr_high:
         print(f"Exploration ceiling   {chosen.lr_ceiling:.3g} (the population starts in the range and may explore up to it)")
+    spread = seeds_text(chosen)
+    if spread:
+        print(f"Seeds                 {spread}")
     print(f"Read off the curve    falls fastest at {chosen.steepest_lr:.3g}, lowest at {chosen.min_loss_lr:.3g}, "
           f"diverges at {chosen.divergence_lr:.3g}")
     if chosen.read_as:  # a result saved before it was recorded has none
@@ -148,6 +156,72 @@ def print_range_test(sweep: RangeTest, seconds: float) -> None:
     print(f"Stopped because       {chosen.stop_reason}   ({seconds:.1f} s)")
     if chosen.doubts:
         print(f"Warning: the curve is ambiguous: {'; '.join(chosen.doubts)}; look at lr_range.png before trusting the range")
+
+
+# How far (max / min) the range read off the seeds' median curve may move with the experiment's seed.
+SEED_SPREAD_LIMIT = 2.0
+# In units of the scatter (standard deviation) of log lr_high between seeds, when it is normal:
+# OWN_RANGE[n], the expected max - min over n seeds; MEDIAN_RANGE[n], the expected max - min of the
+# median of n seeds over 5 experiments (seeds 0-4, as `scripts/range_spread.py` measures it).
+# Monte Carlo, 200,000 draws (`python scripts/range_spread.py --constants`).
+OWN_RANGE = {1: 0.0, 2: 1.12, 3: 1.69, 4: 2.06, 5: 2.33, 6: 2.53, 7: 2.7, 8: 2.85, 9: 2.97, 10: 3.08, 11: 3.17,
+             12: 3.26, 13: 3.34, 14: 3.41, 15: 3.47, 16: 3.53}
+MEDIAN_RANGE = {1: 2.33, 2: 1.64, 3: 1.56, 4: 1.27, 5: 1.25, 6: 1.08, 7: 1.07, 8: 0.95, 9: 0.95, 10: 0.86, 11: 0.86,
+                12: 0.8, 13: 0.79, 14: 0.74, 15: 0.74, 16: 0.7}
+MOST_SEEDS = max(n for n in OWN_RANGE if n % 2)  # the largest odd lr_range.seeds (pbt.config allows 16)
+
+
+def median_spread(own: float, read: int, seeds: int) -> float:
+    """How far (max / min) the range read off the median of `seeds` seeds' curves is expected to move
+    over 5 experiment seeds, when `read` seeds' own lr_high lie `own` (max / min) apart: the scatter
+    those seeds show, scaled to the median of `seeds`."""
+    return own ** (MEDIAN_RANGE[seeds] / OWN_RANGE[read])
+
+
+def more_seeds(own: float, read: int, seeds: int) -> int | None:
+    """The fewest seeds above `seeds` expected to keep the median's range within `SEED_SPREAD_LIMIT`
+    (odd: the median of one curve, not the mean of two), None where not even `MOST_SEEDS` would.
+    Two seeds show too little of the scatter to say how many: five, or the next odd count."""
+    odd = [n for n in range(seeds + 1, MOST_SEEDS + 1) if n % 2]
+    if read == 2:
+        return next((n for n in odd if n >= 5), None)
+    return next((n for n in odd if median_spread(own, read, n) <= SEED_SPREAD_LIMIT), None)
+
+
+def seeds_text(result: RangeResult) -> str | None:
+    """How far the seeds' own ranges lie apart and so how far the range read off their median curve
+    moves with the experiment's seed, in one line (None: one seed, or a result saved before the
+    seeds' own ranges were recorded); where that is over `SEED_SPREAD_LIMIT`, how many seeds would do.
+    Of two seeds, only how far apart they lie is said."""
+    if result.seeds < 2 or not result.seed_ranges:
+        return None
+    highs = result.own_highs()
+    unread = [str(own["seed"]) for own in result.seed_ranges if "lr_high" not in own]
+    notes, tail = [], "; the range above reads their median curve"
+    if len(highs) >= 2:
+        low, high = min(highs.values()), max(highs.values())
+        head = f"their own lr_high from {low:.3g} to {high:.3g}"
+        notes.append(f"{_times(high / low)} apart")
+        moves = high / low if len(highs) == 2 else median_spread(high / low, len(highs), result.seeds)
+        if len(highs) > 2:
+            tail += f", which moves about {_times(moves)} with the seed"
+        if moves > SEED_SPREAD_LIMIT:
+            more = more_seeds(high / low, len(highs), result.seeds)
+            tail += f": over {SEED_SPREAD_LIMIT:g}x" + (" apart" if len(highs) == 2 else "") + (
+                f", run more with lr_range.seeds={more}" if more
+                else f" even with {MOST_SEEDS} seeds; look at lr_range.png or give the range as search.lr")
+    elif highs:
+        head = "".join(f"seed {seed}'s own lr_high {lr:.3g}" for seed, lr in highs.items())
+    else:
+        head, unread = "no seed's own curve reads a range alone", []
+    if unread:
+        notes.append(f"seed {unread[0]}'s curve reads no range alone" if len(unread) == 1
+                     else f"the curves of seeds {', '.join(unread)} read no range alone")
+    return f"{result.seeds} sweeps: {head}" + (f" ({'; '.join(notes)})" if notes else "") + tail
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
 class ProgressBar:
