@@ -26,8 +26,9 @@ Tasks (`--tasks`):
   fashion      configs/fashion_mnist.yaml as shipped (the CNN at width 4) on the same rendered digits
 
 The digits (scripts/calibration_trainers.py:render_digits: 2000 training images, 500 of them for
-validation, 500 test) are rendered once into `--out`; vision data cannot be downloaded here, and a
-small set keeps a sweep at `lr_range.min_steps` (100 steps) where a real MNIST epoch has 430.
+validation, 500 test) are rendered once into `--out` (~/.cache/pbt/range_spread or $PBT_CACHE_DIR);
+vision data cannot be downloaded here, and a small set keeps a sweep at `lr_range.min_steps`
+(100 steps) where a real MNIST epoch has 430.
 
     python scripts/range_spread.py                                    # mnist1d and digits_b32
     python scripts/range_spread.py --tasks mnist1d,digits_b32,mnist --stride 1,5
@@ -40,6 +41,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -201,7 +203,8 @@ def main() -> int:
     parser.add_argument("--tasks", default="mnist1d,digits_b32", help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--counts", default="1,3,5", help="the lr_range.seeds to try")
     parser.add_argument("--stride", default="1", help="experiment seeds 0, k, ..., 4k per stride k (5: no shared sweeps)")
-    parser.add_argument("--out", type=Path, default=Path("range_spread"),
+    cache = Path(os.environ.get("PBT_CACHE_DIR") or Path.home() / ".cache" / "pbt").expanduser() / "range_spread"
+    parser.add_argument("--out", type=Path, default=cache,
                         help="where the rendered digits and the recorded sweeps (sweeps.json) go")
     parser.add_argument("--constants", action="store_true", help="print the tables of median_spread (Monte Carlo)")
     args = parser.parse_args()
