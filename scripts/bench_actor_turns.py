@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_variant(name: str, code: Path, synch: bool, storage: Path, args: argparse.Namespace, round_: int) -> dict:
     """One `pbt pbt` in a fresh process; its wall time and what its reports say."""
     folder = f"{name}{round_}"
-    command = [sys.executable, "-m", "pbt", "pbt", str(REPO / "configs" / "mnist1d.yaml"),
+    command = [sys.executable, "-m", "pbt", "pbt", str(code / "configs" / "mnist1d.yaml"),  # the config of that code
                f"name={folder}", f"storage_path={storage}", "population.pack=1", f"population.size={args.members}",
                f"population.epochs={args.epochs}", f"population.synch={str(synch).lower()}",
                "search.lr.low=0.01", "search.lr.high=0.1", f"seed={round_}"]
