@@ -90,7 +90,7 @@ from my_mlp import MLPTrainer
 class BadInit(MLPTrainer):
     def __init__(self, config, device):
         super().__init__(config, device)
-        self.model.load_state_dict(torch.load("pretrained.pt"))
+        self.model.load_state_dict(torch.load("pretrained.pt", weights_only=True))
 '''
 
 NAN_LOSS = '''\
