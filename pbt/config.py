@@ -148,11 +148,12 @@ class PopulationConfig(StrictModel):
     quantile_fraction: float = Field(0.2, gt=0, le=0.5, description="Bottom share copies the top share.")
     resample_probability: float = Field(0.25, ge=0, le=1)
     perturbation_factors: tuple[float, float] = (0.8, 1.2)
-    synch: bool = Field(
-        True,
-        description="Actor engine: rank and exploit only when every member has reached the perturbation epoch "
-        "(Ray's synchronous PBT; every member is ranked at the same epoch). false: each member at its own "
-        "perturbation, against the others' last scores (it never copies a donor behind it). Packed PBT is synchronous.",
+    synch: Literal["auto"] | bool = Field(
+        "auto",
+        description="Actor engine: true ranks and exploits only when every member has reached the perturbation epoch "
+        "(Ray's synchronous PBT; every member ranked at the same epoch); false: each member at its own perturbation "
+        "(it never copies a donor behind it); auto: true when members must take turns (more members than slots), "
+        "false when every member has a slot (no barrier, no pauses). Packed PBT is synchronous.",
     )
     pack: Literal["auto"] | int = Field(
         "auto",

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.experiment import Trial
 
-from pbt.engines.actor.scheduler import keep_running
+from pbt.config import PopulationConfig
+from pbt.engines.actor.scheduler import keep_running, synchronous
 
 
 def trials(running: int, pending: int = 0, paused: int = 0, terminated: int = 0) -> list:
@@ -34,3 +35,16 @@ def test_a_member_goes_on_only_when_every_unfinished_member_has_a_slot(cluster, 
 
 def test_a_resource_the_cluster_lacks_leaves_no_slot():
     assert keep_running(trials(running=0, pending=1), {"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0}) is False
+
+
+@pytest.mark.parametrize("synch, size, cluster, expected", [
+    ("auto", 16, {"CPU": 2.0}, True),   # 16 members take turns on 2 slots: ranked at one epoch
+    ("auto", 6, {"CPU": 6.0}, False),   # every member has a slot: no barrier, no pauses
+    ("auto", 4, {"CPU": 8.0, "GPU": 2.0}, True),  # the GPUs are the slots
+    (True, 2, {"CPU": 8.0}, True),
+    (False, 16, {"CPU": 2.0}, False),
+])
+def test_auto_is_synchronous_only_when_members_take_turns(synch, size, cluster, expected):
+    population = PopulationConfig(size=size, synch=synch)
+    per_member = {"CPU": 1.0, "GPU": 1.0 if "GPU" in cluster else 0.0}
+    assert synchronous(population, per_member, cluster) is expected

@@ -20,7 +20,7 @@ from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
 from pbt.cluster.interrupts import GracefulStop, Interrupted
 from pbt.config import ExperimentConfig
 from pbt.engines.actor.one_cycle import OneCycleMember
-from pbt.engines.actor.scheduler import ClippedPBT
+from pbt.engines.actor.scheduler import ClippedPBT, synchronous
 from pbt.engines.actor.trainable import PBTMember
 from pbt.engines.common import MEMBERS, METRIC
 from pbt.engines.packed.plan import Packing
@@ -73,7 +73,9 @@ def run_population(
         "member": tune.grid_search(list(range(population.size))),  # identity and seed of each member
         **{name: bound.domain() for name, bound in space.bounds.items()},
     }
-    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed, exploit_log=exploit_log(config))
+    per_member = {"CPU": config.resources.cpu, "GPU": config.resources.gpu}
+    synch = synchronous(population, per_member, ray.cluster_resources())
+    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed, exploit_log=exploit_log(config), synch=synch)
     return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks)
 
 

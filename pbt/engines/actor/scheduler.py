@@ -41,7 +41,7 @@ class ClippedPBT(PopulationBasedTraining):
 
     def __init__(
         self, space: SearchSpace, population: PopulationConfig, metric: str, seed: int = 0,
-        exploit_log: Path | None = None,
+        exploit_log: Path | None = None, synch: bool = True,
     ) -> None:
         self.space = space
         self.rng = random.Random(seed)
@@ -56,7 +56,7 @@ class ClippedPBT(PopulationBasedTraining):
             quantile_fraction=population.quantile_fraction,
             resample_probability=population.resample_probability,
             perturbation_factors=tuple(population.perturbation_factors),
-            synch=population.synch,
+            synch=synch,  # `population.synch` resolved (see `synchronous`)
         )
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
@@ -130,6 +130,23 @@ def keep_running(trials: Iterable[Trial], per_trial: Mapping[str, float], cluste
     first (seen on a 3-host cluster: all 6 members on the head). With more members than slots,
     Ray's turns are kept as they are.
     """
-    slots = min(int(cluster.get(name, 0.0) // amount) for name, amount in per_trial.items() if amount > 0)
     unfinished = sum(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in trials)
-    return unfinished <= slots
+    return unfinished <= member_slots(per_trial, cluster)
+
+
+def member_slots(per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> int:
+    """How many members the cluster runs at once."""
+    return min(int(cluster.get(name, 0.0) // amount) for name, amount in per_trial.items() if amount > 0)
+
+
+def synchronous(population: PopulationConfig, per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
+    """`population.synch` resolved: `auto` is synchronous only when members must take turns.
+
+    With more members than slots, asynchronous PBT ranks members of different epochs against each
+    other; synchronous PBT ranks them at one epoch. When every member has a slot, members advance
+    together anyway, and the barrier's pauses would only cost actor restarts and, on a cluster,
+    pull the population onto the nodes that started first (see `keep_running`).
+    """
+    if population.synch != "auto":
+        return bool(population.synch)
+    return population.size > member_slots(per_trial, cluster)
