@@ -100,13 +100,13 @@ def schedule_figure(arms: dict[str, ArmSummary], title: str) -> Figure:
     figure = Figure(figsize=(4.35 * len(names), 3.8))
     axes = figure.subplots(1, len(names))
     labels = {"pbt": "PBT's best member (its lineage)", "grid": "grid's best point", "one_cycle": "one-cycle run"}
-    scheduled = any(e[LR_TRAINED] != e["lr"] for arm in arms.values() for e in arm.schedule if arm.name != "one_cycle")
+    scheduled = any(_value(e, LR_TRAINED) != e["lr"] for arm in arms.values() for e in arm.schedule if arm.name != "one_cycle")
     for axis, name in zip(axes, names):
         # The rate each epoch really trained at (its steps' mean: the schedule's shape x the peak).
         shown = LR_TRAINED if name == "lr" else name
         for arm in arms.values():
             if arm.schedule:
-                axis.step([e["epoch"] for e in arm.schedule], [e[shown] for e in arm.schedule], where="post",
+                axis.step([e["epoch"] for e in arm.schedule], [_value(e, shown) for e in arm.schedule], where="post",
                           color=ARM_COLORS.get(arm.name), lw=2 if arm.name == "pbt" else 1.3,
                           label=labels.get(arm.name, arm.name))
                 if name == "lr" and scheduled and arm.name != "one_cycle":  # the peak PBT set, dashed
@@ -123,6 +123,11 @@ def schedule_figure(arms: dict[str, ArmSummary], title: str) -> Figure:
     return figure
 
 
+def _value(entry: dict[str, Any], name: str) -> float:
+    """A schedule entry's value; `lr_trained` is the peak `lr` where the entry has none (before schedules)."""
+    return entry.get(name, entry["lr"]) if name == LR_TRAINED else entry[name]
+
+
 def write_comparison_runs(arms: dict[str, ArmSummary], logdir: Path) -> None:
     """One TensorBoard run per arm under `compare/`, so the arms share every chart."""
     for name, arm in arms.items():
@@ -136,7 +141,7 @@ def write_comparison_runs(arms: dict[str, ArmSummary], logdir: Path) -> None:
             names = shown_hyperparams(arm.schedule)
             for entry in arm.schedule:
                 for hyperparam in (*names, LR_TRAINED):
-                    writer.add_scalar(f"best_schedule/{hyperparam}", entry[hyperparam], entry["epoch"])
+                    writer.add_scalar(f"best_schedule/{hyperparam}", _value(entry, hyperparam), entry["epoch"])
 
 
 def write_hparams(folder: Path, arm: str, logdir: Path) -> None:

@@ -70,8 +70,10 @@ class ClippedPBT(PopulationBasedTraining):
         # The member keeps its own identity (and seed); only weights and hyperparameters move.
         new_config["member"] = trial.config["member"]
         # The epoch of the donor's checkpoint (its last perturbation), not of its latest result.
+        state = self._trial_state.get(trial_to_clone) if isinstance(trial_to_clone, Trial) else None
+        epoch = state.last_train_time if state else trial_to_clone.last_result.get("training_iteration", "?")
         log.info("member %s copies member %s (epoch %s): %s", trial.config["member"], trial_to_clone.config["member"],
-                 self._trial_state[trial_to_clone].last_train_time, "; ".join(changes.values()))
+                 epoch, "; ".join(changes.values()))
         operations = {name: text[text.rindex("(") + 1 : -1] for name, text in changes.items()}
         return new_config, operations
 
