@@ -203,6 +203,11 @@ def _restore(
     scheduler = tuner._local_tuner._tune_config.scheduler
     if isinstance(scheduler, ClippedPBT):
         scheduler.exploit_log = exploits
+        # Ray's synchronous PBT does not survive a restore: its barrier state comes back from
+        # tuner.pkl, no paused trial counts as below the barrier, and nothing is started again
+        # (seen: `pbt resume` waited forever). The resumed population goes on asynchronously,
+        # where pbt's guard still keeps every copier from a donor behind it.
+        scheduler._synch = False
     return tuner
 
 
