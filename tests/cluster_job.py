@@ -33,24 +33,28 @@ EPOCHS = 12
 
 
 class RemoveNodeAfter(tune.Callback):
-    """After `reports` results, removes the worker node the next reporting member runs on."""
+    """After `reports` results, removes the worker node that reported last."""
 
     def __init__(self, cluster: Cluster, workers: list, reports: int) -> None:
         self.cluster, self.workers, self.left = cluster, workers, reports
         self.removed_node_id: str | None = None
+        self.last_worker = None
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into tuner.pkl; the live cluster handle stays in this process.
-        return {"cluster": None, "workers": [], "left": -1, "removed_node_id": self.removed_node_id}
+        return {"cluster": None, "workers": [], "left": -1, "removed_node_id": self.removed_node_id, "last_worker": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.left -= 1
-        if self.left > 0 or self.removed_node_id is not None:
+        reporting = [node for node in self.workers if node.node_id == result.get("node_id")]
+        if reporting:  # a node that holds a member (its actor stays there between steps)
+            self.last_worker = reporting[0]
+        if self.left > 0 or self.removed_node_id is not None or self.last_worker is None:
             return
-        busy = [node for node in self.workers if node.node_id == result.get("node_id")]
-        if busy:  # a node with a member on it, mid-step
-            self.removed_node_id = busy[0].node_id
-            self.cluster.remove_node(busy[0])
+        # The worker that reported last, not the reporter: a suite run saw every report after the
+        # 20th come from the head (synchronous turns), and waiting for a worker's removed nothing.
+        self.removed_node_id = self.last_worker.node_id
+        self.cluster.remove_node(self.last_worker)
 
 
 @ray.remote(num_cpus=1)
