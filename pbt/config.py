@@ -161,6 +161,12 @@ class PopulationConfig(StrictModel):
         "1 for one member per process, or auto (the population spread over the slots the machine or "
         "cluster has, when the trainer packs). Packed PBT is synchronous.",
     )
+    interval_growth: float = Field(
+        1.0, ge=1, le=4,
+        description="Each interval between perturbations is this many times the one before (1: every "
+        "perturbation_interval epochs). Later rankings then compare members over longer stretches, which weighs "
+        "short-term gains (a lower rate's quick progress) less as training goes on.",
+    )
     exploit_until: float = Field(
         1.0, gt=0, le=1,
         description="Share of the epochs after which no member is exploited: the members then train side by side "
@@ -179,6 +185,29 @@ class PopulationConfig(StrictModel):
     def last_exploit_epoch(self) -> int:
         """The last epoch at which members may be exploited (`exploit_until` of the epochs)."""
         return int(self.exploit_until * self.epochs + 1e-9)
+
+    def perturbation_epochs(self) -> tuple[int, ...]:
+        """The epochs after which members are ranked, exploited and explored: every
+        `perturbation_interval` epochs, each interval `interval_growth` times the one before, before
+        the last epoch and up to `last_exploit_epoch`."""
+        epochs: list[int] = []
+        interval, epoch = float(self.perturbation_interval), self.perturbation_interval
+        while epoch < self.epochs and epoch <= self.last_exploit_epoch:
+            epochs.append(epoch)
+            interval *= self.interval_growth
+            epoch += max(1, round(interval))
+        return tuple(epochs)
+
+    def describe_perturbations(self) -> str:
+        """`every 4 epochs`, `every 4 epochs up to epoch 48` or `after epochs 4, 9, 15 and 23`."""
+        epochs = self.perturbation_epochs()
+        if self.interval_growth == 1:
+            every = f"every {self.perturbation_interval} epochs"
+            return every if self.last_exploit_epoch >= self.epochs - 1 or not epochs else f"{every} up to epoch {epochs[-1]}"
+        if not epochs:
+            return "never"
+        listed = ", ".join(str(epoch) for epoch in epochs[:-1])
+        return f"after epochs {listed} and {epochs[-1]}" if listed else f"after epoch {epochs[0]}"
 
     @field_validator("capture", mode="before")
     @classmethod

@@ -152,8 +152,8 @@ def print_schedule(config: ExperimentConfig) -> None:
 def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     """Run PBT, print the best member and its schedule; returns the number of failed members."""
     population = config.population
-    print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore every "
-          f"{population.perturbation_interval} epochs (the bottom {population.quantile_fraction:.0%} copy the top "
+    print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore "
+          f"{population.describe_perturbations()} (the bottom {population.quantile_fraction:.0%} copy the top "
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
     packing = announce_packing(arm_packing(config, "pbt", [{"member": member} for member in range(population.size)]))

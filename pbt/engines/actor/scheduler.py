@@ -46,6 +46,7 @@ class ClippedPBT(PopulationBasedTraining):
         self.space = space
         self.rng = random.Random(seed)
         self.last_exploit_epoch = population.last_exploit_epoch
+        self.perturbation_epochs = population.perturbation_epochs()
         self.exploit_log = exploit_log
         super().__init__(
             time_attr="training_iteration",
@@ -109,11 +110,19 @@ class ClippedPBT(PopulationBasedTraining):
                 stream.write(json.dumps(policy) + "\n")
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        # After `population.exploit_until`, members train side by side to the end (a scheduler
-        # pickled before the setting existed has no such epoch).
-        if result.get("training_iteration", 0) > getattr(self, "last_exploit_epoch", math.inf):
+        # Ray perturbs every `perturbation_interval` epochs (the first interval: the shortest); members
+        # are ranked only at the population's perturbation epochs, which may grow apart, and not after
+        # `population.exploit_until`. A scheduler pickled before these settings existed has neither.
+        epoch = result.get("training_iteration", 0)
+        epochs = getattr(self, "perturbation_epochs", None)
+        if epoch > getattr(self, "last_exploit_epoch", math.inf) or (epochs is not None and epoch not in epochs):
             return TrialScheduler.CONTINUE
+        synced = self._next_perturbation_sync
         decision = super().on_trial_result(tune_controller, trial, result)
+        if self._synch and epochs is not None and self._next_perturbation_sync != synced:
+            # Ray has just ranked everyone and set the next barrier a fixed interval on: move it to
+            # the next perturbation epoch (past the end when there is none).
+            self._next_perturbation_sync = next((e for e in epochs if e > epoch), math.inf)
         if decision == TrialScheduler.PAUSE and not self._synch:
             trials = tune_controller.get_trials()
             if keep_running(trials, trial.placement_group_factory.required_resources, ray.cluster_resources()):

@@ -120,8 +120,7 @@ class PackTrial(tune.Trainable):
     def _exchange(self) -> list[dict[str, Any]]:
         """At a perturbation: offer this pack's members to the board, wait for every pack, apply the moves."""
         epoch, population = self.iteration, self.experiment.population
-        if (self.board is None or not epoch or epoch % population.perturbation_interval or epoch >= population.epochs
-                or epoch > population.last_exploit_epoch):
+        if self.board is None or epoch not in population.perturbation_epochs():
             return []
         if self.plan_epoch >= epoch:
             return []
