@@ -167,6 +167,13 @@ class PopulationConfig(StrictModel):
         "perturbation_interval epochs). Later rankings then compare members over longer stretches, which weighs "
         "short-term gains (a lower rate's quick progress) less as training goes on.",
     )
+    probe: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of an epoch each member spends, at each perturbation, on a cooldown probe: a copy of it "
+        "trains that long with its rate falling linearly to zero, and members are ranked by the copy's validation "
+        "accuracy (what each would reach if annealed now), not by their own; the copy is then dropped. 0: no probe, "
+        "members ranked by their validation accuracy. The probe's epochs and seconds count in PBT's compute.",
+    )
     exploit_until: float = Field(
         1.0, gt=0, le=1,
         description="Share of the epochs after which no member is exploited: the members then train side by side "
@@ -197,6 +204,13 @@ class PopulationConfig(StrictModel):
             interval *= self.interval_growth
             epoch += max(1, round(interval))
         return tuple(epochs)
+
+    def describe_ranking(self) -> str:
+        """How members are ranked at a perturbation, in words."""
+        if not self.probe:
+            return "ranked by validation accuracy"
+        return (f"ranked by validation accuracy after a cooldown probe of {self.probe:.0%} of an epoch "
+                "(counted in PBT's compute)")
 
     def describe_perturbations(self) -> str:
         """`every 4 epochs`, `every 4 epochs up to epoch 48` or `after epochs 4, 9, 15 and 23`."""

@@ -17,6 +17,8 @@ from pbt.optim import HYPERPARAMS
 
 STATE_FILE = "member.pt"
 METRIC = "val_acc"  # selection uses the validation split; test accuracy is only reported
+RANK_SCORE = "rank_score"  # what PBT ranks members by: val_acc, or a cooldown probe's (`population.probe`)
+PROBE_EPOCHS = "probe_epochs"  # the share of an epoch a report's probe trained: compute, though not an epoch of training
 WORST_SCORE = 0.0  # what a diverged member reports, so that it is the first to be replaced
 PACK_FILE = "pack.pt"
 MEMBERS = "members"  # the key of a pack's result that holds one report per member

@@ -22,7 +22,7 @@ from pbt.config import ExperimentConfig
 from pbt.engines.actor.one_cycle import OneCycleMember
 from pbt.engines.actor.scheduler import ClippedPBT, synchronous
 from pbt.engines.actor.trainable import PBTMember
-from pbt.engines.common import MEMBERS, METRIC
+from pbt.engines.common import MEMBERS, RANK_SCORE
 from pbt.engines.packed.plan import Packing
 from pbt.engines.packed.scheduler import PackExploits, start_board
 from pbt.engines.packed.trainable import PackTrial
@@ -75,8 +75,9 @@ def run_population(
     }
     per_member = {"CPU": config.resources.cpu, "GPU": config.resources.gpu}
     synch = synchronous(population, per_member, ray.cluster_resources())
-    scheduler = ClippedPBT(space, population, metric=METRIC, seed=config.seed, exploit_log=exploit_log(config), synch=synch)
-    return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks)
+    scheduler = ClippedPBT(space, population, metric=RANK_SCORE, seed=config.seed, exploit_log=exploit_log(config),
+                           synch=synch)
+    return run_trials(config, "pbt", member_class, param_space, scheduler, callbacks, ranked=True)
 
 
 def initial_members(space: SearchSpace, size: int, seed: int) -> list[dict[str, Any]]:

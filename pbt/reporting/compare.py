@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt.optim import HYPERPARAMS
-from pbt.reporting.records import LR_TRAINED, read_failures, read_reports
+from pbt.reporting.records import LR_TRAINED, compute_epochs, read_failures, read_reports
 
 ARMS = ("pbt", "grid", "one_cycle")
 ARM_TITLES = {"pbt": "PBT", "grid": "grid search", "one_cycle": "one-cycle"}
@@ -26,7 +26,7 @@ ARM_TITLES = {"pbt": "PBT", "grid": "grid search", "one_cycle": "one-cycle"}
 class CurvePoint:
     """The arm after some compute: the best validation accuracy so far and that report's test accuracy."""
 
-    epochs: int
+    epochs: float  # a cooldown probe counts its share of an epoch
     seconds: float
     best_val_acc: float
     test_acc: float | None
@@ -36,7 +36,7 @@ class CurvePoint:
 class ArmSummary:
     name: str
     runs: int
-    epochs: int
+    epochs: float
     seconds: float
     best_val_acc: float | None
     chosen: dict[str, Any] | None  # the run with the best *final* validation accuracy
@@ -61,7 +61,7 @@ def summarize_arm(name: str, reports: list[dict[str, Any]], failed: list[str] | 
     return ArmSummary(
         name=name,
         runs=len(finals) + len([label for label in failed or [] if label not in finals]),
-        epochs=sum(r["epochs_executed"] for r in reports),
+        epochs=sum(compute_epochs(r) for r in reports),
         seconds=sum(r["compute_seconds"] for r in reports),
         best_val_acc=curve[-1].best_val_acc if curve else None,
         chosen=None if chosen is None else {
@@ -100,7 +100,7 @@ def best_so_far(reports: list[dict[str, Any]]) -> list[CurvePoint]:
     epochs, seconds, best = 0, 0.0, None
     curve = []
     for report in ordered:
-        epochs += report["epochs_executed"]
+        epochs += compute_epochs(report)
         seconds += report["compute_seconds"]
         val = report["val_acc"]
         if val is not None and math.isfinite(val) and (best is None or val > best["val_acc"]):

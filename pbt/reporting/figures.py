@@ -41,11 +41,11 @@ def format_table(summary: dict[str, Any]) -> str:
         chosen = arm["chosen"] or {}
         reached = arm["to_target"]
         share = shares.get(name, {}).get("epochs")
-        to_epochs = str(reached["epochs"]) if reached else "never"
+        to_epochs = f"{reached['epochs']:g}" if reached else "never"
         to_seconds = f"{reached['seconds']:.1f}" if reached else "-"
         of_grid = f"{share:.0%}" if share is not None else "-"
         lines.append(
-            f"{ARM_TITLES.get(name, name):<12}{arm['runs']:>5}{arm['epochs']:>8}{arm['seconds']:>9.1f}"
+            f"{ARM_TITLES.get(name, name):<12}{arm['runs']:>5}{arm['epochs']:>8g}{arm['seconds']:>9.1f}"
             f"{_num(arm['best_val_acc']):>10}{_num(chosen.get('val_acc')):>12}{_num(chosen.get('test_acc')):>8}"
             f"{to_epochs:>19}{to_seconds:>9}{of_grid:>9}{len(arm['diverged']):>10}{len(arm['failed']):>8}"
         )

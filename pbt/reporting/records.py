@@ -18,7 +18,7 @@ from typing import Any
 from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 
-from pbt.engines.common import member_configs, member_reports
+from pbt.engines.common import PROBE_EPOCHS, member_configs, member_reports
 from pbt.optim import HYPERPARAMS
 from pbt.storage.layout import REPORTS_FILE
 
@@ -95,6 +95,7 @@ def to_record(arm: str, label: str, result: dict[str, Any], wall_seconds: float)
         "epoch": result["training_iteration"],
         "wall_seconds": wall_seconds,
         "epochs_executed": result.get("epochs_executed", 1),
+        PROBE_EPOCHS: result.get(PROBE_EPOCHS, 0.0),  # a cooldown probe's share of an epoch (`population.probe`)
         "compute_seconds": result.get("compute_seconds", result.get("time_this_iter_s", 0.0)),
         "diverged": bool(result.get("diverged", False)),
         "node_id": result.get("node_id"),
@@ -120,3 +121,8 @@ def _read(folder: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compute_epochs(report: dict[str, Any]) -> float:
+    """The epochs of compute a report stands for: the epoch it trained, and a probe's share, if any."""
+    return report["epochs_executed"] + report.get(PROBE_EPOCHS, 0.0)

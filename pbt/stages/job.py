@@ -155,7 +155,8 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
     print(f"\nPBT: {population.size} members x {population.epochs} epochs, exploit/explore "
           f"{population.describe_perturbations()} (the bottom {population.quantile_fraction:.0%} copy the top "
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
-          f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g})")
+          f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g}; "
+          f"{population.describe_ranking()})")
     packing = announce_packing(arm_packing(config, "pbt", [{"member": member} for member in range(population.size)]))
     lineage, errors = pbt_arm(config, space, [arm_progress(config, "pbt", "pbt", population.size)], packing)
     best = lineage["best"]

@@ -19,8 +19,8 @@ import torch
 from ray import tune
 
 from pbt.config import ExperimentConfig
-from pbt.engines.common import METRIC, STATE_FILE, WORST_SCORE, gpu_memory, load_member_state
-from pbt.engines.scheduled import train_scheduled_epoch
+from pbt.engines.common import METRIC, PROBE_EPOCHS, RANK_SCORE, STATE_FILE, WORST_SCORE, gpu_memory, load_member_state
+from pbt.engines.scheduled import cooldown_probe, train_scheduled_epoch
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.registry import build_trainer, pick_device
 from pbt.schedule import ScheduleConfig
@@ -30,8 +30,9 @@ from pbt.trainer import Trainer, count_epoch_steps, evaluation
 class PBTMember(tune.Trainable):
     """A population member (or grid point): trains one epoch per `step`, reports, checkpoints."""
 
-    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None) -> None:
+    def setup(self, config: dict[str, Any], experiment: ExperimentConfig | None = None, ranked: bool = False) -> None:
         self.experiment = experiment
+        self.ranked = ranked  # a member of a PBT population (not a grid point): it may probe before a ranking
         self.device = pick_device(bool(ray.get_gpu_ids()) if ray.is_initialized() else False)
         self.trainer = self._new_trainer(config)
         self.epoch_steps: int | None = None  # counted at the first scheduled epoch
@@ -71,6 +72,19 @@ class PBTMember(tune.Trainable):
         set_hyperparams(self.trainer.optimizer, **self.hyperparams())  # checkpoints hold the peak, as without a schedule
         return done.metrics, done.mean_lr
 
+    def _rank_score(self, epoch: int, val_acc: float) -> tuple[float, float]:
+        """What PBT ranks this member by after `epoch`, and the share of an epoch spent to know it:
+        its validation accuracy, or at a perturbation with `population.probe` that of a cooldown
+        probe from the rate it trains at now (see `pbt.engines.scheduled.cooldown_probe`)."""
+        population = self.experiment.population
+        if not self.ranked or not population.probe or self.diverged or epoch not in population.perturbation_epochs():
+            return val_acc, 0.0
+        if self.epoch_steps is None:
+            self.epoch_steps = count_epoch_steps(self.trainer)
+        rate = self.lr_schedule.at(epoch / population.epochs, self.hyperparams())["lr"]
+        probe = cooldown_probe(self.trainer, rate, max(1, round(population.probe * self.epoch_steps)))
+        return probe.val_acc, (probe.steps / self.epoch_steps if probe.steps else 1.0)
+
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # Called for an exploit (a restore follows) and when a reused actor starts another
         # trial (no restore follows): defer the rebuild until we know which.
@@ -93,9 +107,10 @@ class PBTMember(tune.Trainable):
             metrics = {"train_loss": math.inf, "val_loss": math.inf, METRIC: WORST_SCORE}
         else:
             metrics.update(evaluation(self.trainer))
+        epoch = self.iteration + 1
+        score, probe_epochs = self._rank_score(epoch, metrics[METRIC])
         seconds = time.perf_counter() - started
         hyperparams = self.hyperparams()
-        epoch = self.iteration + 1
         self.history.append({"epoch": epoch, "member": self.config.get("member", 0), **hyperparams,
                              "lr_trained": lr_trained, METRIC: metrics[METRIC]})
         return {
@@ -103,6 +118,8 @@ class PBTMember(tune.Trainable):
             **(gpu_memory(self.device) if self.iteration == 0 else {}),
             **hyperparams,
             "lr_trained": lr_trained,  # the mean rate of the epoch's steps: lr x the schedule's shape
+            RANK_SCORE: score,
+            PROBE_EPOCHS: probe_epochs,
             "diverged": self.diverged,
             # Budget is counted from these, never from training_iteration, which a clone inherits.
             "epochs_executed": int(executed),

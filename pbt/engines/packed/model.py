@@ -177,6 +177,11 @@ class PackedTrainer:
         return cls(trainers, OPTIMIZER_NAMES[type(trainers[0].optimizer)], nesterov=bool(group.get("nesterov", False)),
                    capture=capture)
 
+    @property
+    def epoch_steps(self) -> int:
+        """Steps in one epoch: what `batch_indices` yields."""
+        return len(self.lead.x_train) // self.lead.batch_size
+
     def batch_indices(self) -> Iterator[torch.Tensor]:
         """One epoch: (K, batch) indices, each member in its own random order (ragged end dropped,
         as `TensorClassificationTrainer.batches` does)."""
@@ -258,6 +263,21 @@ class PackedTrainer:
             self.optimizer.momentum.copy_(torch.where(peak > 0, high - (high - peak) * factor, peak))
         return factor
 
+    def cooldown_probe(self, start_factor: float, steps: int) -> list[float]:
+        """Each member's validation accuracy after `steps` steps with its rate falling linearly from
+        `start_factor` x its peak to zero; the pack (weights, optimizer, RNG) is then put back as it
+        was. `pbt.engines.scheduled.cooldown_probe` does the same for one member and says why."""
+        saved = _cloned(self.state_dict())
+        peak = self.optimizer.lr.clone()
+        try:
+            for step, indices in zip(range(steps), self.batch_indices()):
+                torch.mul(peak, start_factor * (1 - step / steps), out=self.optimizer.lr)  # in place: a captured step reads it
+                self.train_step(indices)
+            return [member["val_acc"] for member in self.evaluate()]
+        finally:
+            self.load_state_dict(saved)
+            self.optimizer.lr.copy_(peak)
+
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         """Per member: `val_loss`, `val_acc` (and `test_acc` when the lead has a test split)."""
@@ -321,6 +341,17 @@ class PackedTrainer:
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+
+def _cloned(value: Any) -> Any:
+    """A copy of a state whose tensors are copies too (a pack's `state_dict` holds the live ones)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _cloned(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cloned(item) for item in value)
+    return value
 
 
 def member_of(state: dict[str, Any], member: int) -> dict[str, Any]:

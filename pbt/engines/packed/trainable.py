@@ -24,7 +24,7 @@ import torch
 from ray import tune
 
 from pbt.config import ExperimentConfig
-from pbt.engines.common import MEMBERS, METRIC, PACK_FILE, WORST_SCORE, gpu_memory, load_pack_state
+from pbt.engines.common import MEMBERS, METRIC, PACK_FILE, PROBE_EPOCHS, RANK_SCORE, WORST_SCORE, gpu_memory, load_pack_state
 from pbt.engines.packed.capture import capture_wanted
 from pbt.engines.packed.model import PackedTrainer, member_of
 from pbt.errors import PbtError
@@ -73,8 +73,9 @@ class PackTrial(tune.Trainable):
         started = time.perf_counter()
         trained = self._train_epoch()
         evaluations = self.pack.evaluate()
-        seconds = time.perf_counter() - started
         epoch = self.iteration + 1
+        probes, probe_epochs = self._probe(epoch)
+        seconds = time.perf_counter() - started
         reports = []
         for slot, member in enumerate(self.members):
             hyperparams = self.pack.hyperparams(slot)
@@ -86,11 +87,12 @@ class PackTrial(tune.Trainable):
                        else {**trained[slot], **evaluations[slot]})
             self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams,
                                          "lr_trained": trained[slot]["lr_trained"], METRIC: metrics[METRIC]})
-            self.scores[slot] = metrics[METRIC] if math.isfinite(metrics[METRIC]) else WORST_SCORE
+            score = metrics[METRIC] if probes is None or diverged else probes[slot]
+            self.scores[slot] = score if math.isfinite(score) else WORST_SCORE
             reports.append({
-                "member": member, **metrics, **hyperparams, "diverged": diverged,
+                "member": member, **metrics, **hyperparams, "diverged": diverged, RANK_SCORE: self.scores[slot],
                 # Compute stays per member: each executed this epoch, for its share of the pack's time.
-                "epochs_executed": 1, "compute_seconds": seconds / len(self.members),
+                "epochs_executed": 1, PROBE_EPOCHS: probe_epochs, "compute_seconds": seconds / len(self.members),
             })
         # Dicts, not lists: Tune's own TensorBoard logger flattens dicts and warns on lists.
         return {
@@ -108,8 +110,19 @@ class PackTrial(tune.Trainable):
         schedule, epochs = self.experiment.schedule, self.experiment.population.epochs
         if schedule.constant:
             return self.pack.train_epoch()
-        steps = len(self.pack.lead.x_train) // self.pack.lead.batch_size  # what batch_indices yields
+        steps = self.pack.epoch_steps
         return self.pack.train_epoch(schedule, self.iteration * steps, epochs * steps)
+
+    def _probe(self, epoch: int) -> tuple[list[float] | None, float]:
+        """Before a ranking with `population.probe`: each member's validation accuracy after a short
+        cooldown from the rate it trains at now (`PackedTrainer.cooldown_probe`), and the share of an
+        epoch that took; else (None, 0)."""
+        population = self.experiment.population
+        if self.board is None or not population.probe or epoch not in population.perturbation_epochs():
+            return None, 0.0
+        steps = max(1, round(population.probe * self.pack.epoch_steps))
+        factor = self.experiment.schedule.factor(epoch / population.epochs)
+        return self.pack.cooldown_probe(factor, steps), steps / self.pack.epoch_steps
 
     def _gpu_report(self) -> dict[str, Any]:
         """After the first epoch on CUDA: the peak memory, and whether the step is replayed as a graph."""
