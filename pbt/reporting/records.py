@@ -18,7 +18,7 @@ from typing import Any
 from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 
-from pbt.engines.common import PROBE_EPOCHS, member_configs, member_reports
+from pbt.engines.common import PROBE_EPOCHS, RANK_SCORE, member_configs, member_reports
 from pbt.optim import HYPERPARAMS
 from pbt.storage.layout import REPORTS_FILE
 
@@ -103,6 +103,8 @@ def to_record(arm: str, label: str, result: dict[str, Any], wall_seconds: float)
     for name in (*METRICS, *HYPERPARAMS, LR_TRAINED):
         value = result.get(name)
         record[name] = float(value) if value is not None and math.isfinite(value) else None
+    if RANK_SCORE in result:  # a PBT member: what it was ranked by (its val_acc, or its cooldown probe's)
+        record[RANK_SCORE] = float(result[RANK_SCORE]) if math.isfinite(result[RANK_SCORE]) else None
     return record
 
 
