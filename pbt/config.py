@@ -112,6 +112,14 @@ class SearchConfig(StrictModel):
         description="Members start in [lr.low, lr.high]; exploration may lower the lr to lr.low / this "
         "(PBT anneals by copying members that lowered it). 1 keeps exploration inside the range.",
     )
+    lr_start_span: float = Field(
+        1.0,
+        ge=1,
+        le=10,
+        description="PBT's members start (and resample) in the lr range widened this factor each way, up to the "
+        "exploration ceiling: 2 starts them over the same learning rates as the grid's default points "
+        "(grid.lr_span 2). 1: inside the range. The grid and the one-cycle run keep the range.",
+    )
     momentum: Bounds = Field(default_factory=lambda: Bounds(low=0.85, high=0.95))
     weight_decay: Bounds | None = Field(
         None, description="Log range; default: around the weight-decay test's choice, else [1e-5, 1e-3]."

@@ -147,3 +147,17 @@ def test_a_space_saved_before_the_ceiling_reads_back_with_the_walls_at_the_range
              "weight_decay": {"low": 1e-5, "high": 1e-3, "start_low": 1e-5, "log": True}}
     space = space_from_dict(saved)
     assert (space.lr.start, space.lr.start_top, space.lr.high) == (0.01, 0.03, 0.03)
+
+
+@pytest.mark.parametrize("span, start, top", [(1, 0.01, 0.03), (2, 0.005, 0.06), (6, 0.01 / 6, 0.12)])
+def test_members_may_start_over_the_range_widened_up_to_the_ceiling(span, start, top):
+    found = RangeTest([RangeResult(0.01, 0.03, 0.017, 0.2, 0.3, 0.6, "loss diverged", 0.0, [], [], [], lr_ceiling=0.12)], 0.0)
+    config = validate_config({"search": {"lr_start_span": span, "lr_anneal_factor": 1}})
+    space = search_space(config, found)
+    widened = space.population_start(span)
+    assert (widened.lr.start, widened.lr.start_top, widened.lr.high) == pytest.approx((start, top, 0.12))
+    assert widened.lr.low == pytest.approx(min(0.01, start)), "the low wall makes room for the lowest start"
+    domain = widened.lr.domain()
+    assert (domain.lower, domain.upper) == pytest.approx((start, top))
+    assert space_from_dict(widened.to_dict()).to_dict() == widened.to_dict(), "job.json keeps it"
+    assert (space.lr.start, space.lr.start_top) == (0.01, 0.03), "the grid and one-cycle keep the range"

@@ -11,6 +11,7 @@ reads back, so every part that sets or records all of `HYPERPARAMS` works unchan
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -92,6 +93,16 @@ class SearchSpace:
         """Every hyperparameter a member's config holds: the searched ones, and momentum held at 0
         where the optimizer has none (trainers and packs set all of `HYPERPARAMS`)."""
         return {"lr": self.lr, "momentum": self.momentum or NO_MOMENTUM, "weight_decay": self.weight_decay}
+
+    def population_start(self, span: float) -> SearchSpace:
+        """The space PBT's members start in: the lr range widened `span` each way, never past the
+        walls' ceiling (`search.lr_start_span`); the low wall goes down with it where needed."""
+        if span == 1:
+            return self
+        lr = self.lr
+        start, top = lr.start / span, min(lr.start_top * span, lr.high)
+        wider = Bound(min(lr.low, start), lr.high, lr.log, lr.complement, start, None if top == lr.high else top)
+        return dataclasses.replace(self, lr=wider)
 
     def to_dict(self) -> dict[str, dict[str, float | bool]]:
         return {name: {"low": b.low, "high": b.high, "start_low": b.start, "start_high": b.start_top, "log": b.log,

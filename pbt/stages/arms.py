@@ -109,6 +109,7 @@ def pbt_arm(
     """Run the population; write `lineage.json`. Returns the lineage and the failed members' errors."""
     folder = config.experiment_dir
     ensure_ray()
+    space = space.population_start(config.search.lr_start_span)
     grid = run_population(config, space, callbacks=[*arm_callbacks(config, "pbt"), *callbacks], packing=packing)
     lineage = build_lineage(list(grid), read_policy_log(config))
     lineage["space"] = space.to_dict()

@@ -157,6 +157,10 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g}; "
           f"{population.describe_ranking()})")
+    start = space.population_start(config.search.lr_start_span).lr
+    if start != space.lr:
+        print(f"  members start with lr in [{start.start:.3g}, {start.start_top:.3g}] (the range widened "
+              f"{config.search.lr_start_span:g}x each way, search.lr_start_span)")
     packing = announce_packing(arm_packing(config, "pbt", [{"member": member} for member in range(population.size)]))
     lineage, errors = pbt_arm(config, space, [arm_progress(config, "pbt", "pbt", population.size)], packing)
     best = lineage["best"]
