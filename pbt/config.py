@@ -182,6 +182,13 @@ class PopulationConfig(StrictModel):
         "accuracy (what each would reach if annealed now), not by their own; the copy is then dropped. 0: no probe, "
         "members ranked by their validation accuracy. The probe's epochs and seconds count in PBT's compute.",
     )
+    improvement_weight: float = Field(
+        0.0, ge=0, le=10,
+        description="Rank members at a perturbation by validation accuracy + this x its rise since the previous "
+        "perturbation (its lineage's validation accuracy then): 1 ranks by where a member would be one interval on "
+        "if it kept improving at its rate (ranking by improvement rate, as FIRE-PBT does in its own way). "
+        "0: by validation accuracy. Not with `probe`.",
+    )
     exploit_until: float = Field(
         1.0, gt=0, le=1,
         description="Share of the epochs after which no member is exploited: the members then train side by side "
@@ -195,6 +202,12 @@ class PopulationConfig(StrictModel):
         description="On CUDA, capture a pack's training step once as a CUDA graph and replay it: on, off, or "
         "auto (off until a GPU measurement shows it faster).",
     )
+
+    @model_validator(mode="after")
+    def _one_ranking(self) -> PopulationConfig:
+        if self.probe and self.improvement_weight:
+            raise ValueError("probe and improvement_weight are two ways to rank members: set one of them")
+        return self
 
     @property
     def last_exploit_epoch(self) -> int:
@@ -213,8 +226,14 @@ class PopulationConfig(StrictModel):
             epoch += max(1, round(interval))
         return tuple(epochs)
 
+    def previous_perturbation(self, epoch: int) -> int:
+        """The perturbation before `epoch` (1 before the first): where a member's rise is measured from."""
+        return max((e for e in self.perturbation_epochs() if e < epoch), default=1)
+
     def describe_ranking(self) -> str:
         """How members are ranked at a perturbation, in words."""
+        if self.improvement_weight:
+            return f"ranked by validation accuracy + {self.improvement_weight:g} x its rise since the last ranking"
         if not self.probe:
             return "ranked by validation accuracy"
         return (f"ranked by validation accuracy after a cooldown probe of {self.probe:.0%} of an epoch "

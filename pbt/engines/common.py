@@ -3,6 +3,7 @@ member's view of a Tune result (an actor's result is one member's; a pack's hold
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,17 +12,30 @@ from typing import Any
 
 import torch
 
+from pbt.config import PopulationConfig
 from pbt.engines import EXPLOIT_LOGGER  # noqa: F401  (the schedulers import it from here)
 from pbt.errors import PbtError
 from pbt.optim import HYPERPARAMS
 
 STATE_FILE = "member.pt"
 METRIC = "val_acc"  # selection uses the validation split; test accuracy is only reported
-RANK_SCORE = "rank_score"  # what PBT ranks members by: val_acc, or a cooldown probe's (`population.probe`)
+RANK_SCORE = "rank_score"  # what PBT ranks members by: val_acc, a cooldown probe's (`population.probe`) or with its rise
 PROBE_EPOCHS = "probe_epochs"  # the share of an epoch a report's probe trained: compute, though not an epoch of training
 WORST_SCORE = 0.0  # what a diverged member reports, so that it is the first to be replaced
 PACK_FILE = "pack.pt"
 MEMBERS = "members"  # the key of a pack's result that holds one report per member
+
+
+def improvement_score(population: PopulationConfig, history: list[dict[str, Any]], epoch: int, val_acc: float) -> float:
+    """What a member is ranked by with `population.improvement_weight`: its validation accuracy plus
+    the weight times its rise since the previous perturbation, read from its lineage's `history`
+    (a member that copied a donor then continues the donor's lineage); its accuracy alone where the
+    lineage holds no earlier reading."""
+    since = population.previous_perturbation(epoch)
+    earlier = [entry[METRIC] for entry in history if entry["epoch"] <= since]
+    if not earlier or not math.isfinite(earlier[-1]):
+        return val_acc
+    return val_acc + population.improvement_weight * (val_acc - earlier[-1])
 
 
 def gpu_memory(device: torch.device) -> dict[str, float]:

@@ -19,7 +19,16 @@ import torch
 from ray import tune
 
 from pbt.config import ExperimentConfig
-from pbt.engines.common import METRIC, PROBE_EPOCHS, RANK_SCORE, STATE_FILE, WORST_SCORE, gpu_memory, load_member_state
+from pbt.engines.common import (
+    METRIC,
+    PROBE_EPOCHS,
+    RANK_SCORE,
+    STATE_FILE,
+    WORST_SCORE,
+    gpu_memory,
+    improvement_score,
+    load_member_state,
+)
 from pbt.engines.scheduled import cooldown_probe, train_scheduled_epoch
 from pbt.optim import HYPERPARAMS, set_hyperparams
 from pbt.registry import build_trainer, pick_device
@@ -77,7 +86,11 @@ class PBTMember(tune.Trainable):
         its validation accuracy, or at a perturbation with `population.probe` that of a cooldown
         probe from the rate it trains at now (see `pbt.engines.scheduled.cooldown_probe`)."""
         population = self.experiment.population
-        if not self.ranked or not population.probe or self.diverged or epoch not in population.perturbation_epochs():
+        if not self.ranked or self.diverged or epoch not in population.perturbation_epochs():
+            return val_acc, 0.0
+        if population.improvement_weight:
+            return improvement_score(population, self.history, epoch, val_acc), 0.0
+        if not population.probe:
             return val_acc, 0.0
         if self.epoch_steps is None:
             self.epoch_steps = count_epoch_steps(self.trainer)

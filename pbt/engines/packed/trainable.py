@@ -24,7 +24,17 @@ import torch
 from ray import tune
 
 from pbt.config import ExperimentConfig
-from pbt.engines.common import MEMBERS, METRIC, PACK_FILE, PROBE_EPOCHS, RANK_SCORE, WORST_SCORE, gpu_memory, load_pack_state
+from pbt.engines.common import (
+    MEMBERS,
+    METRIC,
+    PACK_FILE,
+    PROBE_EPOCHS,
+    RANK_SCORE,
+    WORST_SCORE,
+    gpu_memory,
+    improvement_score,
+    load_pack_state,
+)
 from pbt.engines.packed.capture import capture_wanted
 from pbt.engines.packed.model import PackedTrainer, member_of
 from pbt.errors import PbtError
@@ -88,6 +98,8 @@ class PackTrial(tune.Trainable):
             self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams,
                                          "lr_trained": trained[slot]["lr_trained"], METRIC: metrics[METRIC]})
             score = metrics[METRIC] if probes is None or diverged else probes[slot]
+            if self._ranks_by_improvement(epoch) and not diverged:
+                score = improvement_score(self.experiment.population, self.histories[slot], epoch, score)
             self.scores[slot] = score if math.isfinite(score) else WORST_SCORE
             reports.append({
                 "member": member, **metrics, **hyperparams, "diverged": diverged, RANK_SCORE: self.scores[slot],
@@ -123,6 +135,11 @@ class PackTrial(tune.Trainable):
         steps = max(1, round(population.probe * self.pack.epoch_steps))
         factor = self.experiment.schedule.factor(epoch / population.epochs)
         return self.pack.cooldown_probe(factor, steps), steps / self.pack.epoch_steps
+
+    def _ranks_by_improvement(self, epoch: int) -> bool:
+        """Whether this epoch's ranking adds each member's rise (`population.improvement_weight`)."""
+        population = self.experiment.population
+        return self.board is not None and bool(population.improvement_weight) and epoch in population.perturbation_epochs()
 
     def _gpu_report(self) -> dict[str, Any]:
         """After the first epoch on CUDA: the peak memory, and whether the step is replayed as a graph."""

@@ -1,5 +1,6 @@
-"""Ranking after a cooldown probe (`population.probe`): the probe anneals a copy and leaves the member
-as it was, in both engines; members are ranked by the probe; its compute counts in PBT's."""
+"""How PBT ranks members. After a cooldown probe (`population.probe`): the probe anneals a copy and
+leaves the member as it was, in both engines; members are ranked by the probe; its compute counts in
+PBT's. By improvement (`population.improvement_weight`): validation accuracy plus its rise."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import yaml
 from test_schedule import OwnLoopTrainer, RecordingTrainer
 
 from pbt.cli import main
-from pbt.config import validate_config
+from pbt.config import PopulationConfig, validate_config
+from pbt.engines.common import improvement_score
 from pbt.engines.packed.model import PackedTrainer
 from pbt.engines.scheduled import cooldown_probe
+from pbt.errors import PbtError
 from pbt.reporting.compare import summarize_arm
 from pbt.reporting.records import read_reports
 
@@ -82,6 +85,27 @@ def test_a_pack_probes_every_member_and_is_put_back():
 
 POPULATION = {"size": 4, "epochs": 6, "perturbation_interval": 2, "quantile_fraction": 0.5, "probe": 0.25}
 PROBED_EPOCHS = {2, 4}  # the perturbations: none at the last epoch
+ENGINES = {
+    "packed": {"trainer": {"num_samples": 1000, "width": 0.5, "batch_size": 32},
+               "search": {"lr": {"low": 0.001, "high": 0.3}}},
+    "actors": {"trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer", "trainer": {"samples": 256},
+               "search": {"lr": {"low": 0.001, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
+               "population": {"pack": 1}},
+}
+
+
+def test_the_improvement_score_adds_the_rise_since_the_previous_ranking():
+    population = PopulationConfig(epochs=12, perturbation_interval=4, improvement_weight=0.5)
+    history = [{"epoch": epoch, "val_acc": 0.1 * epoch} for epoch in range(1, 8)]
+    assert population.previous_perturbation(4) == 1 and population.previous_perturbation(8) == 4
+    assert improvement_score(population, history, 8, 0.9) == pytest.approx(0.9 + 0.5 * (0.9 - 0.4))
+    assert improvement_score(population, [], 4, 0.5) == 0.5, "no earlier reading: the accuracy alone"
+    assert "+ 0.5 x its rise since the last ranking" in population.describe_ranking()
+
+
+def test_a_probe_and_an_improvement_ranking_together_are_refused():
+    with pytest.raises(PbtError, match="probe and improvement_weight"):
+        validate_config({"population": {"probe": 0.25, "improvement_weight": 1}})
 
 
 def run_probed(tmp_path: Path, **sections) -> tuple[str, Path]:
@@ -99,14 +123,7 @@ def run_probed(tmp_path: Path, **sections) -> tuple[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["packed", "actors"])
 def test_members_are_ranked_by_their_probe_and_its_compute_counts(ray_session, tmp_path, engine):
-    if engine == "packed":
-        sections = {"trainer": {"num_samples": 1000, "width": 0.5, "batch_size": 32},
-                    "search": {"lr": {"low": 0.001, "high": 0.3}}}
-    else:
-        sections = {"trainable": f"{Path(synthetic.__file__)}:QuadraticTrainer", "trainer": {"samples": 256},
-                    "search": {"lr": {"low": 0.001, "high": 0.5}, "momentum": {"low": 0.0, "high": 0.5}},
-                    "population": {"pack": 1}}
-    out, folder = run_probed(tmp_path, **sections)
+    out, folder = run_probed(tmp_path, **ENGINES[engine])
     assert "after a cooldown probe of 25% of an epoch (counted in PBT's compute)" in out
     members = [json.loads(line) for line in (folder / "pbt" / "reports.jsonl").read_text().splitlines()]
     assert {r["epoch"] for r in members if r["probe_epochs"] > 0} == PROBED_EPOCHS
@@ -124,3 +141,19 @@ def test_members_are_ranked_by_their_probe_and_its_compute_counts(ray_session, t
     trained = sum(r["epochs_executed"] for r in members)
     assert compute == pytest.approx(trained + sum(r["probe_epochs"] for r in members))
     assert compute > trained, "the probes' compute is in PBT's column"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["packed", "actors"])
+def test_members_are_ranked_by_their_rise_in_both_engines(ray_session, tmp_path, engine):
+    sections = ENGINES[engine]
+    population = {**sections.get("population", {}), "probe": 0, "improvement_weight": 1}
+    out, folder = run_probed(tmp_path, **{**sections, "population": population})
+    assert "ranked by validation accuracy + 1 x its rise since the last ranking" in out
+    members = [json.loads(line) for line in (folder / "pbt" / "reports.jsonl").read_text().splitlines()]
+    val = {(r["label"], r["epoch"]): r["val_acc"] for r in members}
+    first = [r for r in members if r["epoch"] == 2]  # nobody has copied yet: each member's own epoch 1
+    assert len(first) == 4
+    for report in first:
+        assert report["rank_score"] == pytest.approx(2 * report["val_acc"] - val[report["label"], 1])
+    assert all(r["rank_score"] == r["val_acc"] for r in members if r["epoch"] not in PROBED_EPOCHS)
