@@ -109,7 +109,7 @@ class SearchConfig(StrictModel):
     lr_anneal_factor: float = Field(
         10.0,
         ge=1,
-        description="Members start in [lr.low, lr.high]; exploration may lower the lr to lr.low / this "
+        description="Members start in [lr.low, lr.high] (widened by lr_start_span); exploration may lower the lr to lr.low / this "
         "(PBT anneals by copying members that lowered it). 1 keeps exploration inside the range.",
     )
     lr_start_span: float = Field(

@@ -375,7 +375,7 @@ def test_lr_find_prints_the_features_it_read_and_one_line_of_doubt(capsys):
                          doubts=["no clear fall (the loss fell 5.0x its batch noise)"], read_as="rmsprop")
     print_range_test(RangeTest([result], 0.0), seconds=1.0)
     out = capsys.readouterr().out
-    assert "Exploration ceiling   0.1 (the population starts in the range and may explore up to it)" in out
+    assert "Exploration ceiling   0.1 (PBT may explore learning rates up to it)" in out
     assert "Read for              rmsprop: the range x3.5 that of SGD with momentum (calibrated)" in out
     assert "Curve                 fell 0.05 (5x its batch noise 0.01), 14 steps a decade, near its lowest over 0.4 decades" in out
     warnings = [line for line in out.splitlines() if line.startswith("Warning:")]

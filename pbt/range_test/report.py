@@ -139,7 +139,7 @@ def print_range_test(sweep: RangeTest, seconds: float) -> None:
             print(f"{float(wd):>12g}  no range: {reason}")
     print(f"\nLearning-rate range   [{chosen.lr_low:.3g}, {chosen.lr_high:.3g}]   suggested lr {chosen.suggestion:.3g}")
     if chosen.lr_ceiling > chosen.lr_high:
-        print(f"Exploration ceiling   {chosen.lr_ceiling:.3g} (the population starts in the range and may explore up to it)")
+        print(f"Exploration ceiling   {chosen.lr_ceiling:.3g} (PBT may explore learning rates up to it)")
     spread = seeds_text(chosen)
     if spread:
         print(f"Seeds                 {spread}")

@@ -103,7 +103,7 @@ def to_record(arm: str, label: str, result: dict[str, Any], wall_seconds: float)
     for name in (*METRICS, *HYPERPARAMS, LR_TRAINED):
         value = result.get(name)
         record[name] = float(value) if value is not None and math.isfinite(value) else None
-    if RANK_SCORE in result:  # a PBT member: what it was ranked by (its val_acc, or its cooldown probe's)
+    if RANK_SCORE in result:  # what PBT ranked the member by (`pbt.engines.common.RANK_SCORE`)
         record[RANK_SCORE] = float(result[RANK_SCORE]) if math.isfinite(result[RANK_SCORE]) else None
     return record
 

@@ -127,11 +127,15 @@ def prepare_space(config: ExperimentConfig) -> SearchSpace:
     space = search_space(config, found)
     save_config(config)
     print("\nSearch space (the population starts inside it and explores within it; the grid covers it):")
+    start = space.population_start(config.search.lr_start_span).lr
     for name, bound in space.searched.items():  # no momentum line for an optimizer without momentum
         below = f"anneal it down to {bound.low:.3g}" if bound.start > bound.low else ""
         above = f"raise it up to {bound.high:.3g}" if bound.start_top < bound.high else ""
         walls = f"; exploration may {' and '.join(filter(None, (below, above)))}" if below or above else ""
         print(f"  {name:<13} [{bound.start:.3g}, {bound.start_top:.3g}]{' (log)' if bound.log else ''}{walls}")
+        if name == "lr" and start != bound:
+            print(f"  {'':<13} PBT's members start over [{start.start:.3g}, {start.start_top:.3g}]: the range widened "
+                  f"{config.search.lr_start_span:g}x each way (search.lr_start_span)")
     print_schedule(config)
     return space
 
@@ -157,10 +161,6 @@ def pbt_stage(config: ExperimentConfig, space: SearchSpace) -> int:
           f"{population.quantile_fraction:.0%}, then perturb x{population.perturbation_factors[0]:g} or "
           f"x{population.perturbation_factors[1]:g} or resample with p={population.resample_probability:g}; "
           f"{population.describe_ranking()})")
-    start = space.population_start(config.search.lr_start_span).lr
-    if start != space.lr:
-        print(f"  members start with lr in [{start.start:.3g}, {start.start_top:.3g}] (the range widened "
-              f"{config.search.lr_start_span:g}x each way, search.lr_start_span)")
     packing = announce_packing(arm_packing(config, "pbt", [{"member": member} for member in range(population.size)]))
     lineage, errors = pbt_arm(config, space, [arm_progress(config, "pbt", "pbt", population.size)], packing)
     best = lineage["best"]
