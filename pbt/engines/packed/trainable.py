@@ -85,6 +85,7 @@ class PackTrial(tune.Trainable):
         evaluations = self.pack.evaluate()
         epoch = self.iteration + 1
         probes, probe_epochs = self._probe(epoch)
+        by_improvement = self._ranks_by_improvement(epoch)
         seconds = time.perf_counter() - started
         reports = []
         for slot, member in enumerate(self.members):
@@ -98,7 +99,7 @@ class PackTrial(tune.Trainable):
             self.histories[slot].append({"epoch": epoch, "member": member, **hyperparams,
                                          "lr_trained": trained[slot]["lr_trained"], METRIC: metrics[METRIC]})
             score = metrics[METRIC] if probes is None or diverged else probes[slot]
-            if self._ranks_by_improvement(epoch) and not diverged:
+            if by_improvement and not diverged:
                 score = improvement_score(self.experiment.population, self.histories[slot], epoch, score)
             self.scores[slot] = score if math.isfinite(score) else WORST_SCORE
             reports.append({
